@@ -1,0 +1,196 @@
+"""Configuration: one TOML file, validated up front so a typo stops start-up with the key's name.
+
+Secrets never live in the file: it names the environment variables that hold them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from platformdirs import user_data_dir
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """Accept 90, 1.5, "45s", "30m", "2h": people write durations both ways."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30, \"45s\", \"30m\" or \"2h\"")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"expected a duration such as 30, \"45s\", \"30m\" or \"2h\", got {value!r}")
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if seconds <= 0:
+        raise ValueError("a duration must be greater than zero")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class BotSettings(Section):
+    name: str = "Membot"
+    persona: str = (
+        "You are {name}, a warm and curious friend who chats with people and remembers them. "
+        "Answer briefly and naturally, and use what you remember about the person when it helps."
+    )
+    max_message_chars: int = Field(4000, ge=1, le=100_000)
+
+
+class SessionSettings(Section):
+    inactivity_timeout: Duration = 1800.0
+    sweep_interval: Duration = 30.0
+
+
+class JobSettings(Section):
+    interval: Duration = 300.0
+    cron: str | None = None
+    batch_size: int = Field(8, ge=1, le=256)
+    max_attempts: int = Field(3, ge=1, le=20)
+    retry_backoff: Duration = 60.0
+
+
+class ModelSettings(Section):
+    backend: Literal["embedded", "transformers", "openai", "fake"] = "embedded"
+    name: str | None = None
+    gguf_file: str | None = None
+    profile: Literal["chat", "comedy", "dialret", "dialogpt", "godel"] = "chat"
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    max_new_tokens: int = Field(160, ge=1, le=4096)
+    memory_max_new_tokens: int = Field(200, ge=1, le=4096)
+    temperature: float = Field(0.0, ge=0.0, le=5.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    repetition_penalty: float = Field(1.1, ge=1.0, le=3.0)
+    max_batch: int = Field(16, ge=1, le=512)
+    batch_wait_ms: float = Field(5.0, ge=0.0, le=1000.0)
+    cache_dir: Path | None = None
+    threads: int | None = Field(None, ge=1)
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout: Duration = 120.0
+    concurrency: int = Field(8, ge=1, le=1024)
+
+
+class MemorySettings(Section):
+    strategy: Literal["none", "recent", "sessions", "compressive", "hybrid"] = "hybrid"
+    reply_context_tokens: int = Field(1024, ge=64, le=131_072)
+    retrieval_k: int = Field(8, ge=0, le=200)
+    private_in_groups: bool = False
+    retention_days: int | None = Field(None, ge=1)
+
+
+class StorageSettings(Section):
+    path: Path | None = None
+
+    def resolved_path(self) -> Path:
+        """Default to the user's data directory (XDG_DATA_HOME honoured) so no config is needed."""
+        if self.path is not None:
+            return self.path.expanduser()
+        xdg = os.environ.get("XDG_DATA_HOME")
+        base = Path(xdg) / "membot" if xdg else Path(user_data_dir("membot", appauthor=False))
+        return base / "membot.sqlite3"
+
+
+class LoggingSettings(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
+
+class TelegramSettings(Section):
+    token_env: str = "TELEGRAM_BOT_TOKEN"
+    base_url: str | None = None
+    base_file_url: str | None = None
+    admin_ids: list[int] = Field(default_factory=list)
+    mode: Literal["polling", "webhook"] = "polling"
+    webhook_url: str | None = None
+    webhook_listen: str = "0.0.0.0"
+    webhook_port: int = Field(8443, ge=1, le=65535)
+    webhook_secret_env: str | None = None
+    streaming: bool = False
+    poll_timeout: int = Field(30, ge=0, le=60)
+
+
+class DiscordSettings(Section):
+    token_env: str = "DISCORD_BOT_TOKEN"
+    guild_ids: list[int] = Field(default_factory=list)
+    message_content_intent: bool = False
+    streaming: bool = False
+    api_base_url: str | None = None
+    gateway_url: str | None = None
+
+
+class Settings(Section):
+    bot: BotSettings = Field(default_factory=BotSettings)
+    sessions: SessionSettings = Field(default_factory=SessionSettings)
+    jobs: JobSettings = Field(default_factory=JobSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    memory_model: ModelSettings | None = None
+    memory: MemorySettings = Field(default_factory=MemorySettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    telegram: TelegramSettings = Field(default_factory=TelegramSettings)
+    discord: DiscordSettings = Field(default_factory=DiscordSettings)
+
+    @model_validator(mode="after")
+    def _check_cron(self) -> Settings:
+        if self.jobs.cron:
+            from apscheduler.triggers.cron import CronTrigger
+
+            try:
+                CronTrigger.from_crontab(self.jobs.cron)
+            except ValueError as exc:
+                raise ValueError(f"jobs.cron: {exc}") from None
+        return self
+
+
+class ConfigError(Exception):
+    """Raised with one human sentence naming the bad key; the CLI prints it and exits 2."""
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown setting"
+    return f"{key}: {message}"
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, *, overrides: dict[str, Any] | None = None) -> Settings:
+    """Read the file named by the argument or MEMBOT_CONFIG; no file at all means all defaults."""
+    source = path or os.environ.get("MEMBOT_CONFIG")
+    data: dict[str, Any] = {}
+    if source:
+        file = Path(source).expanduser()
+        try:
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {file}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{file}: not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from None
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        where = f"{source}: " if source else ""
+        raise ConfigError(f"{where}{_describe(exc)}") from None

@@ -1,0 +1,273 @@
+"""The platform-free core every adapter talks to: store the message, build the memory-grounded prompt,
+ask the model worker, store and return the reply; plus the user and admin commands.
+
+Order matters: the user's message is committed before the model runs, so a model failure costs the
+person a reply, never their message. One lock per person and chat keeps each person's turns in order
+while different people are served concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import weakref
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from bot.incoming import IncomingMessage, Reply
+from bot.text import clean_incoming, defuse_mentions
+from memory.context import ContextBuilder, latest_compressive
+from memory.jobs import JobRunner
+from memory.privacy import export_user, forget_user
+from memory.sessions import SessionManager
+from memory.store import Store, StoreError
+from models.base import BackendError, Prompt
+from models.profiles.base import Profile
+from models.worker import ModelWorker, Priority
+
+log = logging.getLogger(__name__)
+
+APOLOGY = "Sorry, I couldn't come up with a reply just now. Your message is saved; please try again in a moment."
+STORE_APOLOGY = "Sorry, I can't store messages right now, so I won't answer until that's fixed."
+EMPTY = "I can only read text. Send me a message and I'll answer."
+REFUSAL = "Sorry, that command is for the bot's admins."
+
+USER_COMMANDS: dict[str, str] = {
+    "help": "what I can do",
+    "memory": "what I remember about you",
+    "forget": "delete everything I know about you",
+    "export": "send you all your data as JSON",
+    "end": "end our conversation now (I write it into memory)",
+}
+ADMIN_COMMANDS: dict[str, str] = {
+    "stats": "users, sessions, messages, queued jobs, model",
+    "compress_now": "run the due memory jobs now",
+    "forget_user": "delete everything about a user: /forget_user <id>",
+}
+
+PromptHook = Callable[[IncomingMessage, Prompt], None]
+
+
+@dataclass
+class ReplySettings:
+    bot_name: str
+    max_message_chars: int
+    max_new_tokens: int
+    temperature: float
+    top_p: float
+    repetition_penalty: float
+    private_in_groups: bool
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        sessions: SessionManager,
+        context: ContextBuilder,
+        worker: ModelWorker,
+        profile: Profile,
+        jobs: JobRunner,
+        settings: ReplySettings,
+    ) -> None:
+        self.store = store
+        self.sessions = sessions
+        self.context = context
+        self.worker = worker
+        self.profile = profile
+        self.jobs = jobs
+        self.settings = settings
+        self.prompt_hooks: list[PromptHook] = []
+        self._locks: weakref.WeakValueDictionary[tuple[str, str, str], asyncio.Lock] = weakref.WeakValueDictionary()
+        self._inflight: dict[tuple[str, str], set[asyncio.Task[object]]] = {}
+
+    # -- messages ---------------------------------------------------------------------------------
+
+    async def handle(
+        self, msg: IncomingMessage, *, on_partial: Callable[[str], Awaitable[None]] | None = None
+    ) -> Reply:
+        """Answer one message; never raises for anything a user can send."""
+        text, cut = clean_incoming(msg.text, self.settings.max_message_chars)
+        if not text:
+            return Reply(EMPTY, kind="notice")
+        if text.startswith("/"):
+            return await self.command(msg, text)
+        key = (msg.platform, msg.user_id, msg.chat_id)
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        async with lock:
+            return await self._reply(msg, text, cut)
+
+    async def _reply(self, msg: IncomingMessage, text: str, cut: bool) -> Reply:
+        try:
+            recorded = await self.sessions.record_user_message(
+                platform=msg.platform, user_id=msg.user_id, display_name=msg.display_name,
+                chat_id=msg.chat_id, chat_kind=msg.chat_kind, chat_title=msg.chat_title, text=text,
+                platform_message_id=msg.message_id, when=msg.time,
+            )
+        except (StoreError, OSError) as exc:
+            log.error("could not store a message: %s", exc)
+            return Reply(STORE_APOLOGY, kind="apology")
+        if recorded.duplicate:
+            return Reply("", kind="none")
+        try:
+            context = await self.context.build(
+                user_pk=recorded.user_pk, user_name=msg.display_name or msg.user_id,
+                session_id=recorded.session_id,
+                include_private=recorded.private or self.settings.private_in_groups, query=text,
+            )
+            prompt = self.profile.reply_prompt(context)
+            for hook in self.prompt_hooks:
+                hook(msg, prompt)
+            params = self.profile.reply_params(
+                self.settings.max_new_tokens, self.settings.temperature, self.settings.top_p,
+                self.settings.repetition_penalty,
+            )
+            task = asyncio.ensure_future(self.worker.generate([prompt], params, Priority.REPLY))
+            inflight = self._inflight.setdefault((msg.platform, msg.user_id), set())
+            inflight.add(task)  # type: ignore[arg-type]
+            try:
+                generation = (await task)[0]
+            finally:
+                inflight.discard(task)  # type: ignore[arg-type]
+            answer = defuse_mentions(self.profile.clean_reply(generation.text)) or "…"
+        except asyncio.CancelledError:
+            if asyncio.current_task() and asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                raise
+            return Reply("", kind="none")  # the person was forgotten while we generated
+        except (BackendError, StoreError, OSError, ValueError) as exc:
+            log.warning("reply failed for %s:%s: %s", msg.platform, msg.user_id, exc)
+            return Reply(APOLOGY, kind="apology")
+        except Exception:
+            log.exception("unexpected error while replying")
+            return Reply(APOLOGY, kind="apology")
+        try:
+            await self.sessions.record_bot_message(recorded, answer)
+        except (StoreError, OSError) as exc:
+            log.error("could not store a reply: %s", exc)
+        note = f"(Your message was long, so I kept the first {self.settings.max_message_chars} characters.)\n" if cut else ""
+        return Reply(note + answer, meta={"session_id": recorded.session_id})
+
+    # -- commands ---------------------------------------------------------------------------------
+
+    async def command(self, msg: IncomingMessage, text: str) -> Reply:
+        name, _, arg = text[1:].partition(" ")
+        name = name.split("@", 1)[0].lower()
+        arg = arg.strip()
+        try:
+            if name in ("help", "start"):
+                return Reply(self.help_text(msg.is_admin, greeting=name == "start"), kind="command")
+            if name == "memory":
+                return Reply(await self.memory_text(msg.platform, msg.user_id), kind="command")
+            if name == "forget":
+                return Reply(
+                    "This deletes everything I know about you: messages, sessions and memories. It cannot be undone.",
+                    kind="command", confirm="forget",
+                )
+            if name == "export":
+                data = await self.export(msg.platform, msg.user_id)
+                return Reply("Here is everything I have stored about you.", kind="command",
+                             document=json.dumps(data, ensure_ascii=False, indent=2).encode(), filename="membot-export.json")
+            if name == "end":
+                return Reply(await self.end_session(msg.platform, msg.user_id, msg.chat_id), kind="command")
+            if name in ADMIN_COMMANDS:
+                if not msg.is_admin:
+                    return Reply(REFUSAL, kind="refusal")
+                if name == "stats":
+                    return Reply(await self.stats(), kind="command")
+                if name == "compress_now":
+                    return Reply(await self.compress_now(), kind="command")
+                if name == "forget_user":
+                    if not arg:
+                        return Reply("Usage: /forget_user <user id>", kind="command")
+                    return Reply(await self.forget(msg.platform, arg, by_admin=True), kind="command")
+        except (StoreError, OSError) as exc:
+            log.error("command /%s failed: %s", name, exc)
+            return Reply("Sorry, that didn't work because storage is unavailable. Please try again later.",
+                         kind="apology")
+        return Reply(f"I don't know /{name}. Try /help.", kind="notice")
+
+    def help_text(self, is_admin: bool, *, greeting: bool = False) -> str:
+        lines = []
+        if greeting:
+            lines.append(
+                f"Hi, I'm {self.settings.bot_name}! Chat with me any time. When we pause for a while, I write down "
+                "what I learned about you and use it next time. See /memory for what I remember, /forget to "
+                "delete it all, /export for a copy."
+            )
+        lines.append("Commands:")
+        lines += [f"/{k} — {v}" for k, v in USER_COMMANDS.items()]
+        if is_admin:
+            lines.append("Admin commands:")
+            lines += [f"/{k} — {v}" for k, v in ADMIN_COMMANDS.items()]
+        return "\n".join(lines)
+
+    async def memory_text(self, platform: str, user_id: str) -> str:
+        user_pk = await self.sessions.find_user(platform, user_id)
+        if user_pk is None:
+            return "I don't remember anything about you yet."
+        memory = await latest_compressive(self.store, user_pk, "all")
+        pending = await self.store.scalar(
+            "SELECT COUNT(*) FROM sessions s WHERE s.user_id = ? AND NOT EXISTS "
+            "(SELECT 1 FROM session_memories m WHERE m.session_id = s.id)",
+            (user_pk,),
+        )
+        if memory is None:
+            return "I don't have a memory of you yet: I write one after a conversation ends." + (
+                f" ({pending} conversation(s) still to remember.)" if pending else ""
+            )
+        text = (
+            f"What I remember about you (version {memory.version}):\n\n"
+            f"Profile: {memory.profile}\n\nRelationship: {memory.relationship}\n\nEvents:\n{memory.events}"
+        )
+        if pending:
+            text += f"\n\n({pending} newer conversation(s) not yet in this memory.)"
+        return text
+
+    async def export(self, platform: str, user_id: str) -> dict[str, object]:
+        user_pk = await self.sessions.find_user(platform, user_id)
+        return {} if user_pk is None else await export_user(self.store, user_pk)
+
+    async def forget(self, platform: str, user_id: str, *, by_admin: bool = False) -> str:
+        for task in list(self._inflight.pop((platform, user_id), ())):
+            task.cancel()
+        user_pk = await self.sessions.find_user(platform, user_id)
+        if user_pk is None:
+            return "There was nothing stored about that user." if by_admin else "I had nothing stored about you."
+        counts = await forget_user(self.store, user_pk)
+        log.info("forgot a %s user (%d messages)", platform, counts.get("messages", 0))
+        if by_admin:
+            return f"Deleted everything about user {user_id}: {counts['messages']} message(s), {counts['sessions']} session(s)."
+        return "Done: I deleted everything I knew about you."
+
+    async def end_session(self, platform: str, user_id: str, chat_id: str | None = None) -> str:
+        user_pk = await self.sessions.find_user(platform, user_id)
+        chat_pk = await self.sessions.find_chat(platform, chat_id) if chat_id is not None else None
+        if user_pk is None or (chat_id is not None and chat_pk is None):
+            return "We have no conversation going right now."
+        closed = await self.sessions.end_session(user_pk, chat_pk)
+        if not closed:
+            return "We have no conversation going right now."
+        return "Conversation ended. I'll write it into my memory of you shortly."
+
+    async def stats(self) -> str:
+        q = self.store.scalar
+        users = await q("SELECT COUNT(*) FROM users")
+        open_sessions = await q("SELECT COUNT(*) FROM sessions WHERE state = 'open'")
+        messages = await q("SELECT COUNT(*) FROM messages")
+        jobs = await q("SELECT COUNT(*) FROM jobs WHERE state IN ('pending', 'running')")
+        failed = await q("SELECT COUNT(*) FROM model_outputs WHERE flagged = 1")
+        versions = await q("SELECT COUNT(*) FROM compressive_memories")
+        return (
+            f"Users: {users}\nOpen sessions: {open_sessions}\nMessages: {messages}\n"
+            f"Queued memory jobs: {jobs}\nCompressive memory versions: {versions}\n"
+            f"Flagged model outputs: {failed}\nModel: {self.worker.name} on {self.worker.device}\n"
+            f"Model queue: {self.worker.queued()}"
+        )
+
+    async def compress_now(self) -> str:
+        report = await self.jobs.run_due()
+        return "Memory jobs ran: " + report.summary() + "."

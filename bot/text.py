@@ -1,0 +1,55 @@
+"""Text hygiene shared by every adapter: clean what comes in, defuse what goes out, split long replies."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_MASS_MENTION = re.compile(r"@(everyone|here)\b", re.IGNORECASE)
+
+
+def clean_incoming(text: str, max_chars: int) -> tuple[str, bool]:
+    """Strip NUL/control characters and lone surrogates (SQLite and JSON choke on them); cap the length.
+
+    Returns the text and whether it was cut.
+    """
+    text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace") if _has_surrogates(text) else text
+    text = _CONTROL.sub("", text)
+    text = unicodedata.normalize("NFC", text).strip()
+    if len(text) > max_chars:
+        return text[:max_chars], True
+    return text, False
+
+
+def _has_surrogates(text: str) -> bool:
+    return any("\ud800" <= ch <= "\udfff" for ch in text)
+
+
+def defuse_mentions(text: str) -> str:
+    """Break @everyone/@here with a zero-width space; adapters also disable mentions at the API."""
+    return _MASS_MENTION.sub(lambda m: "@\u200b" + m.group(1), text)
+
+
+def split_message(text: str, limit: int) -> list[str]:
+    """Split at paragraph, then line, then sentence, then word boundaries, never over `limit`."""
+    text = text.strip()
+    if len(text) <= limit:
+        return [text] if text else []
+    parts: list[str] = []
+    rest = text
+    while len(rest) > limit:
+        window = rest[:limit]
+        cut = -1
+        for sep in ("\n\n", "\n", ". ", "! ", "? ", " "):
+            idx = window.rfind(sep)
+            if idx > limit // 3:
+                cut = idx + len(sep)
+                break
+        if cut <= 0:
+            cut = limit
+        parts.append(rest[:cut].rstrip())
+        rest = rest[cut:].lstrip()
+    if rest:
+        parts.append(rest)
+    return [p for p in parts if p]

@@ -1,0 +1,192 @@
+"""COMEDY task 3's input: what the reply model sees, cut to a token budget, per memory strategy.
+
+Strategies (all under the same budget, counted with the reply model's tokenizer):
+- none: the current session only;
+- recent: the most recent turns that fit, across sessions (what DialoGPT-style bots do);
+- sessions: whole past sessions, newest first (DialRet-style long context);
+- compressive: the person's compressive memory (COMEDY);
+- hybrid (default): compressive memory plus verbatim turns from past sessions found by FTS5 for the message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from memory.dates import format_date
+from memory.retrieval import search_user_messages
+from memory.store import Store
+from models.profiles.base import ReplyInput, content_words
+
+CountTokens = Callable[[str], int]
+STRATEGIES = ("none", "recent", "sessions", "compressive", "hybrid")
+
+
+@dataclass(frozen=True)
+class CompressiveMemory:
+    version: int
+    profile: str
+    relationship: str
+    events: str
+    scope: str
+
+    def render(self, max_tokens: int, count: CountTokens, query: str = "") -> str:
+        """Profile and relationship first; then as many events as fit, those sharing words with the
+        message first and then the newest, printed in date order."""
+        head = f"Profile: {self.profile}\nRelationship: {self.relationship}"
+        if count(head) > max_tokens:
+            return _cut_to(head, max_tokens, count)
+        events = [e for e in self.events.splitlines() if e.strip()]
+        if not events:
+            return head
+        wanted = content_words(query)
+        order = sorted(
+            range(len(events)), key=lambda i: (-len(content_words(events[i]) & wanted), -i)
+        )
+        used = count(head) + count("Events:")
+        chosen: set[int] = set()
+        for i in order:
+            cost = count(events[i]) + 1
+            if used + cost > max_tokens:
+                continue
+            chosen.add(i)
+            used += cost
+        if not chosen:
+            return head
+        return head + "\nEvents:\n" + "\n".join(events[i] for i in sorted(chosen))
+
+
+async def latest_compressive(store: Store, user_pk: int, scope: str) -> CompressiveMemory | None:
+    row = await store.fetchone(
+        "SELECT version, profile, relationship, events, scope FROM compressive_memories "
+        "WHERE user_id = ? AND scope = ? ORDER BY version DESC LIMIT 1",
+        (user_pk, scope),
+    )
+    if row is None:
+        return None
+    return CompressiveMemory(int(row[0]), str(row[1]), str(row[2]), str(row[3]), str(row[4]))
+
+
+def _cut_to(text: str, max_tokens: int, count: CountTokens) -> str:
+    if max_tokens <= 0:
+        return ""
+    if count(text) <= max_tokens:
+        return text
+    words = text.split()
+    lo, hi = 0, len(words)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if count(" ".join(words[:mid])) <= max_tokens:
+            lo = mid
+        else:
+            hi = mid - 1
+    return " ".join(words[:lo])
+
+
+@dataclass
+class ContextBuilder:
+    store: Store
+    count_tokens: CountTokens
+    bot_name: str
+    persona: str
+    strategy: str = "hybrid"
+    budget: int = 1024
+    retrieval_k: int = 8
+
+    async def build(
+        self, *, user_pk: int, user_name: str, session_id: int, include_private: bool, query: str
+    ) -> ReplyInput:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown memory strategy {self.strategy!r}")
+        count = self.count_tokens
+        current = await self._session_turns(session_id)
+        budget = self.budget
+        memory = ""
+        evidence: list[str] = []
+        past: list[tuple[tuple[str, str], ...]] = []
+
+        # The newest user message always goes in, cut if it alone is over budget.
+        turns: list[tuple[str, str]] = []
+        if current:
+            last_author, last_text = current[-1]
+            last_text = _cut_to(last_text, max(budget // 2, 16), count)
+            turns.append((last_author, last_text))
+            budget -= count(last_text) + 2
+        older_current = current[:-1]
+        turn_reserve = min(sum(count(t) + 2 for _, t in older_current), int(self.budget * 0.25))
+
+        if self.strategy in ("compressive", "hybrid"):
+            scope = "all" if include_private else "public"
+            cm = await latest_compressive(self.store, user_pk, scope)
+            if cm is not None:
+                share = (budget - turn_reserve) if self.strategy == "compressive" else (budget - turn_reserve) // 2
+                memory = cm.render(max(share, 0), count, query)
+                budget -= count(memory)
+        if self.strategy == "hybrid" and self.retrieval_k > 0:
+            found = await search_user_messages(
+                self.store, user_pk, query, limit=self.retrieval_k * 3,
+                exclude_session=session_id, include_private=include_private,
+            )
+            for item in found:
+                speaker = user_name if item.author == "user" else self.bot_name
+                line = f"[{format_date(item.created)}] {speaker}: {item.text}"
+                cost = count(line) + 1
+                if cost > budget - turn_reserve:
+                    continue
+                evidence.append(line)
+                budget -= cost
+                if len(evidence) >= self.retrieval_k:
+                    break
+        if self.strategy == "recent":
+            older_current = await self._recent_turns(user_pk, session_id, include_private) + older_current
+        if self.strategy == "sessions":
+            budget, past = await self._past_sessions(user_pk, session_id, include_private, budget, turn_reserve)
+
+        kept: list[tuple[str, str]] = []
+        for author, text in reversed(older_current):
+            cost = count(text) + 2
+            if cost > budget:
+                break
+            kept.append((author, text))
+            budget -= cost
+        turns = list(reversed(kept)) + turns
+        return ReplyInput(
+            bot_name=self.bot_name,
+            persona=self.persona,
+            user_name=user_name,
+            memory=memory,
+            evidence=tuple(evidence),
+            turns=tuple(turns),
+            past_sessions=tuple(past),
+        )
+
+    async def _session_turns(self, session_id: int) -> list[tuple[str, str]]:
+        rows = await self.store.fetchall(
+            "SELECT author, text FROM messages WHERE session_id = ? ORDER BY id", (session_id,)
+        )
+        return [(str(r[0]), str(r[1])) for r in rows]
+
+    async def _recent_turns(self, user_pk: int, session_id: int, include_private: bool) -> list[tuple[str, str]]:
+        rows = await self.store.fetchall(
+            "SELECT m.author, m.text FROM messages m JOIN sessions s ON s.id = m.session_id "
+            "WHERE m.user_id = ? AND m.session_id != ? AND (? OR s.private = 0) ORDER BY m.id DESC LIMIT 2000",
+            (user_pk, session_id, int(include_private)),
+        )
+        return [(str(r[0]), str(r[1])) for r in reversed(rows)]
+
+    async def _past_sessions(
+        self, user_pk: int, session_id: int, include_private: bool, budget: int, reserve: int
+    ) -> tuple[int, list[tuple[tuple[str, str], ...]]]:
+        sessions = await self.store.fetchall(
+            "SELECT id FROM sessions WHERE user_id = ? AND id != ? AND (? OR private = 0) ORDER BY started DESC",
+            (user_pk, session_id, int(include_private)),
+        )
+        chosen: list[tuple[tuple[str, str], ...]] = []
+        for row in sessions:
+            turns = await self._session_turns(int(row[0]))
+            cost = sum(self.count_tokens(t) + 2 for _, t in turns) + 4
+            if cost > budget - reserve:
+                break
+            chosen.append(tuple(turns))
+            budget -= cost
+        return budget, list(reversed(chosen))

@@ -1,0 +1,165 @@
+"""Running the due memory jobs, and scheduling them with APScheduler 3.11.
+
+The runner claims jobs (state 'running') before generating; a crash leaves them 'running', and the
+session manager's start-up recovery hands them back as 'pending'. One lock keeps the scheduler and an
+admin's "compress now" from running the same jobs twice in one process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from memory.sessions import SessionManager
+from memory.store import Store
+from memory.tasks import Generator, TaskReport, compress_memories, write_session_memories
+from models.profiles.base import Profile
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobsReport:
+    session_memories: TaskReport
+    compressions: TaskReport
+    closed_sessions: int = 0
+
+    def summary(self) -> str:
+        s, c = self.session_memories, self.compressions
+        parts = [
+            f"closed {self.closed_sessions} idle session(s)",
+            f"wrote {s.written} session memor{'y' if s.written == 1 else 'ies'}"
+            + (f" ({s.fallbacks} extractive fallback)" if s.fallbacks else ""),
+            f"{c.written} compressive memory version(s)",
+        ]
+        if s.malformed or c.malformed:
+            parts.append(f"{s.malformed + c.malformed} malformed output(s) to retry")
+        if s.waiting or c.waiting:
+            parts.append(f"{s.waiting + c.waiting} job(s) waiting for the model")
+        return ", ".join(parts)
+
+
+class JobRunner:
+    def __init__(
+        self,
+        store: Store,
+        sessions: SessionManager,
+        generator: Generator,
+        profile: Profile,
+        *,
+        bot_name: str,
+        batch_size: int = 8,
+        max_attempts: int = 3,
+        max_new_tokens: int = 200,
+        retry_backoff: float = 60.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.sessions = sessions
+        self.generator = generator
+        self.profile = profile
+        self.bot_name = bot_name
+        self.batch_size = batch_size
+        self.max_attempts = max_attempts
+        self.max_new_tokens = max_new_tokens
+        self.retry_backoff = retry_backoff
+        self.clock = clock
+        self._lock = asyncio.Lock()
+
+    async def _claim(self, kind: str) -> list[int]:
+        now = self.clock()
+        async with self.store.write() as db:
+            async with db.execute(
+                "SELECT id FROM jobs WHERE kind = ? AND state = 'pending' AND not_before <= ? ORDER BY id LIMIT ?",
+                (kind, now, self.batch_size),
+            ) as cur:
+                ids = [int(r[0]) for r in await cur.fetchall()]
+            await db.executemany("UPDATE jobs SET state = 'running', updated = ? WHERE id = ?", [(now, i) for i in ids])
+        return ids
+
+    async def pending_count(self) -> int:
+        return int(await self.store.scalar("SELECT COUNT(*) FROM jobs WHERE state IN ('pending', 'running')") or 0)
+
+    async def run_due(self, *, sweep: bool = True) -> JobsReport:
+        """Close idle sessions, write their session memories, then compress; all in batches."""
+        async with self._lock:
+            closed = len(await self.sessions.sweep()) if sweep else 0
+            memories = TaskReport()
+            seen: set[int] = set()
+            while ids := [i for i in await self._claim("session_memory") if i not in seen]:
+                seen.update(ids)
+                memories.add(await write_session_memories(
+                    self.store, self.generator, self.profile, ids, bot_name=self.bot_name,
+                    max_new_tokens=self.max_new_tokens, max_attempts=self.max_attempts, clock=self.clock,
+                    retry_backoff=self.retry_backoff,
+                ))
+            await self._release(seen)
+            compressions = TaskReport()
+            seen = set()
+            while ids := [i for i in await self._claim("compress") if i not in seen]:
+                seen.update(ids)
+                compressions.add(await compress_memories(
+                    self.store, self.generator, self.profile, ids, bot_name=self.bot_name,
+                    max_new_tokens=self.max_new_tokens, max_attempts=self.max_attempts, clock=self.clock,
+                    retry_backoff=self.retry_backoff,
+                ))
+            await self._release(seen)
+            report = JobsReport(memories, compressions, closed)
+            if closed or memories.written or compressions.written or memories.malformed or compressions.malformed:
+                log.info("memory jobs: %s", report.summary())
+            return report
+
+    async def run_until_idle(self, max_rounds: int = 10) -> JobsReport:
+        """Run rounds until nothing is due (retries of malformed output included); for CLI and tests."""
+        total = JobsReport(TaskReport(), TaskReport())
+        for _ in range(max_rounds):
+            report = await self.run_due()
+            total.closed_sessions += report.closed_sessions
+            total.session_memories.add(report.session_memories)
+            total.compressions.add(report.compressions)
+            due = await self.store.scalar(
+                "SELECT COUNT(*) FROM jobs WHERE state = 'pending' AND not_before <= ?", (self.clock(),)
+            )
+            if not due:
+                break
+        return total
+
+    async def _release(self, ids: set[int]) -> None:
+        """Jobs claimed in this run but left 'running' (none should be) go back to pending."""
+        if not ids:
+            return
+        async with self.store.write() as db:
+            await db.executemany(
+                "UPDATE jobs SET state = 'pending' WHERE id = ? AND state = 'running'", [(i,) for i in ids]
+            )
+
+
+def build_scheduler(
+    runner: JobRunner, *, sweep_interval: float, interval: float, cron: str | None = None
+) -> AsyncIOScheduler:
+    """The idle-session sweep and the memory jobs; `max_instances=1` so a slow run is never doubled."""
+    scheduler = AsyncIOScheduler(timezone="UTC")
+
+    async def sweep() -> None:
+        try:
+            await runner.sessions.sweep()
+        except Exception:
+            log.exception("idle-session sweep failed")
+
+    async def jobs() -> None:
+        try:
+            await runner.run_due()
+        except Exception:
+            log.exception("memory jobs failed; they will be retried")
+
+    scheduler.add_job(sweep, IntervalTrigger(seconds=sweep_interval), id="sweep", max_instances=1, coalesce=True)
+    trigger = CronTrigger.from_crontab(cron, timezone="UTC") if cron else IntervalTrigger(seconds=interval)
+    scheduler.add_job(jobs, trigger, id="memory-jobs", max_instances=1, coalesce=True)
+    return scheduler

@@ -1,0 +1,76 @@
+"""Forget and export: everything stored about one person, and nothing about anyone else.
+
+Forgetting deletes the user row; foreign keys cascade to sessions, messages (and through the FTS
+triggers their index rows), session memories, compressive memories, jobs and raw model outputs.
+`secure_delete` overwrites the freed pages, and the FTS index is rebuilt and the WAL checkpointed so
+the deleted words do not linger in index segments or the log.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from memory.dates import format_datetime
+from memory.store import Store
+
+
+async def forget_user(store: Store, user_pk: int) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    async with store.write() as db:
+        for table in ("messages", "sessions", "session_memories", "compressive_memories", "jobs", "model_outputs"):
+            async with db.execute(f"SELECT COUNT(*) FROM {table} WHERE user_id = ?", (user_pk,)) as cur:
+                row = await cur.fetchone()
+            counts[table] = int(row[0]) if row else 0
+        await db.execute("DELETE FROM users WHERE id = ?", (user_pk,))
+        await db.execute("INSERT INTO messages_fts(messages_fts) VALUES ('rebuild')")
+    await store.checkpoint()
+    return counts
+
+
+async def export_user(store: Store, user_pk: int) -> dict[str, Any]:
+    """A JSON-ready document of one person's data; every query is keyed by that person's id."""
+    user = await store.fetchone(
+        "SELECT platform, platform_user_id, display_name, created FROM users WHERE id = ?", (user_pk,)
+    )
+    if user is None:
+        return {}
+    sessions = await store.fetchall(
+        "SELECT s.id, c.platform_chat_id, c.kind, s.started, s.last_activity, s.closed, s.state "
+        "FROM sessions s JOIN chats c ON c.id = s.chat_id WHERE s.user_id = ? ORDER BY s.started",
+        (user_pk,),
+    )
+    out_sessions = []
+    for s in sessions:
+        messages = await store.fetchall(
+            "SELECT author, text, created FROM messages WHERE session_id = ? AND user_id = ? ORDER BY id",
+            (s[0], user_pk),
+        )
+        memory = await store.fetchone(
+            "SELECT facts, source, model, created FROM session_memories WHERE session_id = ? AND user_id = ?",
+            (s[0], user_pk),
+        )
+        out_sessions.append({
+            "id": s[0], "chat": s[1], "chat_kind": s[2], "started": format_datetime(s[3]),
+            "last_activity": format_datetime(s[4]), "closed": format_datetime(s[5]) if s[5] else None,
+            "state": s[6],
+            "messages": [{"author": m[0], "text": m[1], "time": format_datetime(m[2])} for m in messages],
+            "session_memory": None if memory is None else {
+                "facts": json.loads(memory[0]), "source": memory[1], "model": memory[2],
+            },
+        })
+    versions = await store.fetchall(
+        "SELECT scope, version, profile, relationship, events, source_sessions, model, flagged, created "
+        "FROM compressive_memories WHERE user_id = ? ORDER BY scope, version",
+        (user_pk,),
+    )
+    return {
+        "user": {"platform": user[0], "id": user[1], "display_name": user[2], "first_seen": format_datetime(user[3])},
+        "sessions": out_sessions,
+        "compressive_memory": [
+            {"scope": v[0], "version": v[1], "profile": v[2], "relationship": v[3], "events": v[4],
+             "source_sessions": json.loads(v[5]), "model": v[6], "flagged": bool(v[7]),
+             "created": format_datetime(v[8])}
+            for v in versions
+        ],
+    }

@@ -1,0 +1,70 @@
+"""Verbatim evidence from a person's past sessions, found with SQLite FTS5 (BM25).
+
+Compression drops details; a keyword search over the person's own earlier turns finds them again.
+The search is always filtered to one user, and to non-private sessions when the reply goes to a group.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from memory.store import Store
+from models.profiles.base import STOPWORDS
+
+_TOKEN = re.compile(r"[^\W_]+", re.UNICODE)
+
+
+@dataclass(frozen=True)
+class Evidence:
+    message_id: int
+    session_id: int
+    author: str
+    text: str
+    created: float
+    score: float
+
+
+def fts_query(text: str, max_terms: int = 16) -> str | None:
+    """OR of the question's content words, each quoted so user text can never become FTS syntax."""
+    terms: list[str] = []
+    for match in _TOKEN.finditer(text.lower()):
+        word = match.group(0)
+        if word in STOPWORDS or len(word) < 2 or word in terms:
+            continue
+        terms.append(word)
+        if len(terms) >= max_terms:
+            break
+    if not terms:
+        return None
+    return " OR ".join(f'"{t}"' for t in terms)
+
+
+async def search_user_messages(
+    store: Store,
+    user_pk: int,
+    query_text: str,
+    *,
+    limit: int = 8,
+    exclude_session: int | None = None,
+    include_private: bool = True,
+) -> list[Evidence]:
+    query = fts_query(query_text)
+    if query is None or limit <= 0:
+        return []
+    sql = (
+        "SELECT m.id, m.session_id, m.author, m.text, m.created, bm25(messages_fts) AS score "
+        "FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid "
+        "JOIN sessions s ON s.id = m.session_id "
+        "WHERE messages_fts MATCH ? AND m.user_id = ?"
+    )
+    params: list[object] = [query, user_pk]
+    if exclude_session is not None:
+        sql += " AND m.session_id != ?"
+        params.append(exclude_session)
+    if not include_private:
+        sql += " AND s.private = 0"
+    sql += " ORDER BY score LIMIT ?"
+    params.append(limit)
+    rows = await store.fetchall(sql, params)
+    return [Evidence(int(r[0]), int(r[1]), str(r[2]), str(r[3]), float(r[4]), float(r[5])) for r in rows]

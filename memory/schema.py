@@ -1,0 +1,132 @@
+"""Numbered migrations. `PRAGMA user_version` holds the number of the last one applied.
+
+Append new migrations at the end; never edit one that has shipped, since old databases replay them.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[str] = [
+    # 1: the whole first schema.
+    """
+    CREATE TABLE users (
+        id INTEGER PRIMARY KEY,
+        platform TEXT NOT NULL,
+        platform_user_id TEXT NOT NULL,
+        display_name TEXT NOT NULL DEFAULT '',
+        created REAL NOT NULL,
+        UNIQUE (platform, platform_user_id)
+    );
+    CREATE TABLE chats (
+        id INTEGER PRIMARY KEY,
+        platform TEXT NOT NULL,
+        platform_chat_id TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('dm', 'group', 'guild', 'console')),
+        title TEXT NOT NULL DEFAULT '',
+        created REAL NOT NULL,
+        UNIQUE (platform, platform_chat_id)
+    );
+    CREATE TABLE sessions (
+        id INTEGER PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        chat_id INTEGER NOT NULL REFERENCES chats(id) ON DELETE CASCADE,
+        private INTEGER NOT NULL,
+        started REAL NOT NULL,
+        last_activity REAL NOT NULL,
+        closed REAL,
+        state TEXT NOT NULL DEFAULT 'open' CHECK (state IN ('open', 'closed')),
+        close_reason TEXT
+    );
+    CREATE UNIQUE INDEX sessions_one_open ON sessions(user_id, chat_id) WHERE state = 'open';
+    CREATE INDEX sessions_user ON sessions(user_id, started);
+    CREATE INDEX sessions_open_idle ON sessions(state, last_activity);
+    CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        session_id INTEGER NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        chat_id INTEGER NOT NULL REFERENCES chats(id) ON DELETE CASCADE,
+        author TEXT NOT NULL CHECK (author IN ('user', 'bot')),
+        text TEXT NOT NULL,
+        created REAL NOT NULL,
+        platform_message_id TEXT
+    );
+    CREATE INDEX messages_session ON messages(session_id, id);
+    CREATE INDEX messages_user ON messages(user_id, id);
+    CREATE UNIQUE INDEX messages_platform_id ON messages(chat_id, author, platform_message_id)
+        WHERE platform_message_id IS NOT NULL;
+    CREATE VIRTUAL TABLE messages_fts USING fts5(
+        text, content='messages', content_rowid='id', tokenize='porter unicode61 remove_diacritics 2'
+    );
+    CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+        INSERT INTO messages_fts(rowid, text) VALUES (new.id, new.text);
+    END;
+    CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
+        INSERT INTO messages_fts(messages_fts, rowid, text) VALUES ('delete', old.id, old.text);
+    END;
+    CREATE TRIGGER messages_fts_update AFTER UPDATE OF text ON messages BEGIN
+        INSERT INTO messages_fts(messages_fts, rowid, text) VALUES ('delete', old.id, old.text);
+        INSERT INTO messages_fts(rowid, text) VALUES (new.id, new.text);
+    END;
+    CREATE TABLE session_memories (
+        id INTEGER PRIMARY KEY,
+        session_id INTEGER NOT NULL UNIQUE REFERENCES sessions(id) ON DELETE CASCADE,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        private INTEGER NOT NULL,
+        session_time REAL NOT NULL,
+        facts TEXT NOT NULL,
+        source TEXT NOT NULL CHECK (source IN ('model', 'fallback')),
+        model TEXT NOT NULL DEFAULT '',
+        created REAL NOT NULL,
+        compressed_all INTEGER,
+        compressed_public INTEGER
+    );
+    CREATE INDEX session_memories_user ON session_memories(user_id, session_time);
+    CREATE TABLE compressive_memories (
+        id INTEGER PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        scope TEXT NOT NULL CHECK (scope IN ('all', 'public')),
+        version INTEGER NOT NULL,
+        profile TEXT NOT NULL,
+        relationship TEXT NOT NULL,
+        events TEXT NOT NULL,
+        source_sessions TEXT NOT NULL,
+        model TEXT NOT NULL DEFAULT '',
+        flagged INTEGER NOT NULL DEFAULT 0,
+        created REAL NOT NULL,
+        UNIQUE (user_id, scope, version)
+    );
+    CREATE TABLE jobs (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('session_memory', 'compress')),
+        key TEXT NOT NULL,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'running', 'done', 'failed')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        not_before REAL NOT NULL DEFAULT 0,
+        last_error TEXT,
+        created REAL NOT NULL,
+        updated REAL NOT NULL,
+        UNIQUE (kind, key)
+    );
+    CREATE INDEX jobs_due ON jobs(state, kind, not_before);
+    CREATE TABLE model_outputs (
+        id INTEGER PRIMARY KEY,
+        job_id INTEGER REFERENCES jobs(id) ON DELETE CASCADE,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        task TEXT NOT NULL,
+        raw TEXT NOT NULL,
+        flagged INTEGER NOT NULL,
+        reason TEXT,
+        created REAL NOT NULL
+    );
+    CREATE TABLE kv (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    """,
+    # 2: channels where the bot talks without being mentioned (set by admins).
+    """
+    ALTER TABLE chats ADD COLUMN always_reply INTEGER NOT NULL DEFAULT 0;
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,212 @@
+"""Sessions: one person's conversation with the bot in one chat, closed after a quiet spell.
+
+Closing a session and queueing its session-memory job happen in one transaction, so a crash can never
+leave a closed session that no job will summarise. A user's message is committed before any model call.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiosqlite
+
+from memory.store import Store
+
+Clock = Callable[[], float]
+PRIVATE_KINDS = frozenset({"dm", "console"})
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """Where a stored user message landed. `duplicate` is set when the platform re-delivered it."""
+
+    user_pk: int
+    chat_pk: int
+    session_id: int
+    message_id: int
+    private: bool
+    duplicate: bool = False
+    new_session: bool = False
+
+
+async def _upsert_user(db: aiosqlite.Connection, platform: str, user_id: str, name: str, now: float) -> int:
+    await db.execute(
+        "INSERT INTO users(platform, platform_user_id, display_name, created) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT(platform, platform_user_id) DO UPDATE SET display_name = "
+        "CASE WHEN excluded.display_name != '' THEN excluded.display_name ELSE users.display_name END",
+        (platform, user_id, name, now),
+    )
+    async with db.execute(
+        "SELECT id FROM users WHERE platform = ? AND platform_user_id = ?", (platform, user_id)
+    ) as cur:
+        row = await cur.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def _upsert_chat(db: aiosqlite.Connection, platform: str, chat_id: str, kind: str, title: str, now: float) -> int:
+    await db.execute(
+        "INSERT INTO chats(platform, platform_chat_id, kind, title, created) VALUES (?, ?, ?, ?, ?) "
+        "ON CONFLICT(platform, platform_chat_id) DO UPDATE SET title = excluded.title",
+        (platform, chat_id, kind, title, now),
+    )
+    async with db.execute(
+        "SELECT id FROM chats WHERE platform = ? AND platform_chat_id = ?", (platform, chat_id)
+    ) as cur:
+        row = await cur.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def close_session_tx(db: aiosqlite.Connection, session_id: int, user_pk: int, now: float, reason: str) -> None:
+    """Close and queue the session-memory job, inside the caller's transaction."""
+    await db.execute(
+        "UPDATE sessions SET state = 'closed', closed = ?, close_reason = ? WHERE id = ? AND state = 'open'",
+        (now, reason, session_id),
+    )
+    await db.execute(
+        "INSERT INTO jobs(kind, key, user_id, state, created, updated) VALUES ('session_memory', ?, ?, 'pending', ?, ?) "
+        "ON CONFLICT(kind, key) DO NOTHING",
+        (str(session_id), user_pk, now, now),
+    )
+
+
+class SessionManager:
+    """Stores messages into sessions and closes sessions; every method is one transaction."""
+
+    def __init__(self, store: Store, *, inactivity_timeout: float = 1800.0, clock: Clock = time.time) -> None:
+        self.store = store
+        self.timeout = inactivity_timeout
+        self.clock = clock
+
+    async def record_user_message(
+        self,
+        *,
+        platform: str,
+        user_id: str,
+        display_name: str,
+        chat_id: str,
+        chat_kind: str,
+        text: str,
+        chat_title: str = "",
+        platform_message_id: str | None = None,
+        when: float | None = None,
+    ) -> Recorded:
+        now = self.clock() if when is None else when
+        async with self.store.write() as db:
+            user_pk = await _upsert_user(db, platform, user_id, display_name, now)
+            chat_pk = await _upsert_chat(db, platform, chat_id, chat_kind, chat_title, now)
+            if platform_message_id is not None:
+                async with db.execute(
+                    "SELECT id, session_id FROM messages WHERE chat_id = ? AND author = 'user' "
+                    "AND platform_message_id = ?",
+                    (chat_pk, platform_message_id),
+                ) as cur:
+                    seen = await cur.fetchone()
+                if seen is not None:
+                    return Recorded(user_pk, chat_pk, int(seen[1]), int(seen[0]), chat_kind in PRIVATE_KINDS, True)
+            session_id, new = await self._current_session(db, user_pk, chat_pk, chat_kind, now)
+            cur = await db.execute(
+                "INSERT INTO messages(session_id, user_id, chat_id, author, text, created, platform_message_id) "
+                "VALUES (?, ?, ?, 'user', ?, ?, ?)",
+                (session_id, user_pk, chat_pk, text, now, platform_message_id),
+            )
+            message_id = int(cur.lastrowid or 0)
+            await db.execute("UPDATE sessions SET last_activity = ? WHERE id = ?", (now, session_id))
+        return Recorded(user_pk, chat_pk, session_id, message_id, chat_kind in PRIVATE_KINDS, False, new)
+
+    async def _current_session(
+        self, db: aiosqlite.Connection, user_pk: int, chat_pk: int, chat_kind: str, now: float
+    ) -> tuple[int, bool]:
+        async with db.execute(
+            "SELECT id, last_activity FROM sessions WHERE user_id = ? AND chat_id = ? AND state = 'open'",
+            (user_pk, chat_pk),
+        ) as cur:
+            row = await cur.fetchone()
+        if row is not None:
+            if now - float(row[1]) <= self.timeout:
+                return int(row[0]), False
+            await close_session_tx(db, int(row[0]), user_pk, float(row[1]), "inactivity")
+        cur = await db.execute(
+            "INSERT INTO sessions(user_id, chat_id, private, started, last_activity) VALUES (?, ?, ?, ?, ?)",
+            (user_pk, chat_pk, int(chat_kind in PRIVATE_KINDS), now, now),
+        )
+        return int(cur.lastrowid or 0), True
+
+    async def record_bot_message(
+        self, recorded: Recorded, text: str, *, platform_message_id: str | None = None, when: float | None = None
+    ) -> int:
+        now = self.clock() if when is None else when
+        async with self.store.write() as db:
+            async with db.execute("SELECT state FROM sessions WHERE id = ?", (recorded.session_id,)) as cur:
+                row = await cur.fetchone()
+            if row is None:  # forgotten while the reply was being generated: store nothing
+                return 0
+            cur = await db.execute(
+                "INSERT INTO messages(session_id, user_id, chat_id, author, text, created, platform_message_id) "
+                "VALUES (?, ?, ?, 'bot', ?, ?, ?)",
+                (recorded.session_id, recorded.user_pk, recorded.chat_pk, text, now, platform_message_id),
+            )
+            if row[0] == "open":
+                await db.execute("UPDATE sessions SET last_activity = MAX(last_activity, ?) WHERE id = ?",
+                                 (now, recorded.session_id))
+            return int(cur.lastrowid or 0)
+
+    async def end_session(self, user_pk: int, chat_pk: int | None = None, *, reason: str = "ended") -> int:
+        """Close the user's open session (in one chat, or everywhere); returns how many were closed."""
+        now = self.clock()
+        async with self.store.write() as db:
+            sql = "SELECT id FROM sessions WHERE user_id = ? AND state = 'open'"
+            params: tuple[int, ...] = (user_pk,)
+            if chat_pk is not None:
+                sql += " AND chat_id = ?"
+                params += (chat_pk,)
+            async with db.execute(sql, params) as cur:
+                rows = await cur.fetchall()
+            for row in rows:
+                await close_session_tx(db, int(row[0]), user_pk, now, reason)
+        return len(rows)
+
+    async def sweep(self, now: float | None = None) -> list[int]:
+        """Close every open session idle past the timeout; each gets its session-memory job."""
+        now = self.clock() if now is None else now
+        async with self.store.write() as db:
+            async with db.execute(
+                "SELECT id, user_id, last_activity FROM sessions WHERE state = 'open' AND last_activity < ?",
+                (now - self.timeout,),
+            ) as cur:
+                rows = await cur.fetchall()
+            for row in rows:
+                # The session ended when it went quiet, not when the sweep noticed.
+                await close_session_tx(db, int(row[0]), int(row[1]), float(row[2]), "inactivity")
+        return [int(r[0]) for r in rows]
+
+    async def recover(self) -> dict[str, int]:
+        """At start-up: close sessions a crash left open and idle; requeue jobs a crash left running."""
+        closed = await self.sweep()
+        async with self.store.write() as db:
+            cur = await db.execute("UPDATE jobs SET state = 'pending' WHERE state = 'running'")
+            requeued = cur.rowcount
+            # A closed session without a job (should not happen, but cheap to guarantee).
+            await db.execute(
+                "INSERT INTO jobs(kind, key, user_id, state, created, updated) "
+                "SELECT 'session_memory', CAST(s.id AS TEXT), s.user_id, 'pending', ?, ? FROM sessions s "
+                "WHERE s.state = 'closed' AND NOT EXISTS (SELECT 1 FROM session_memories m WHERE m.session_id = s.id) "
+                "ON CONFLICT(kind, key) DO NOTHING",
+                (self.clock(), self.clock()),
+            )
+        return {"closed": len(closed), "requeued": requeued}
+
+    async def find_user(self, platform: str, user_id: str) -> int | None:
+        value = await self.store.scalar(
+            "SELECT id FROM users WHERE platform = ? AND platform_user_id = ?", (platform, str(user_id))
+        )
+        return None if value is None else int(value)
+
+    async def find_chat(self, platform: str, chat_id: str) -> int | None:
+        value = await self.store.scalar(
+            "SELECT id FROM chats WHERE platform = ? AND platform_chat_id = ?", (platform, str(chat_id))
+        )
+        return None if value is None else int(value)

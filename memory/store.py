@@ -1,0 +1,167 @@
+"""The SQLite store: one file, WAL, one writer connection behind a lock, a separate reader.
+
+SQLite allows one writer at a time; funnelling every write through one connection and an asyncio lock
+(with BEGIN IMMEDIATE so the write lock is taken up front) means "database is locked" cannot happen
+inside the process, and the reader connection never waits on a writer thanks to WAL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from memory.schema import MIGRATIONS, SCHEMA_VERSION
+
+log = logging.getLogger(__name__)
+
+Row = sqlite3.Row
+
+
+class StoreError(Exception):
+    """A storage failure a user can be told about in one sentence (disk full, read-only file...)."""
+
+
+async def _configure(conn: aiosqlite.Connection) -> None:
+    conn.row_factory = sqlite3.Row
+    await conn.execute("PRAGMA journal_mode=WAL")
+    await conn.execute("PRAGMA foreign_keys=ON")
+    await conn.execute("PRAGMA busy_timeout=10000")
+    await conn.execute("PRAGMA synchronous=NORMAL")
+    await conn.execute("PRAGMA secure_delete=ON")
+
+
+class Store:
+    """Owns the connections. Use `async with store.write() as db:` for a transaction."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path | str) -> Store:
+        store = cls(path)
+        await store.connect()
+        return store
+
+    async def connect(self) -> None:
+        if str(self.path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = await aiosqlite.connect(self.path, isolation_level=None)
+        await _configure(self._writer)
+        await self._migrate()
+        self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+        await _configure(self._reader)
+
+    async def close(self) -> None:
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                await conn.close()
+        self._reader = self._writer = None
+
+    async def __aenter__(self) -> Store:
+        if self._writer is None:
+            await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _migrate(self) -> None:
+        assert self._writer is not None
+        async with self._writer.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        current = int(row[0]) if row else 0
+        if current > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} was written by a newer membot (schema {current} > {SCHEMA_VERSION}); upgrade membot"
+            )
+        for number in range(current + 1, SCHEMA_VERSION + 1):
+            log.info("applying database migration %d", number)
+            # executescript commits on its own; one migration plus its version bump is one script.
+            script = f"BEGIN IMMEDIATE;\n{MIGRATIONS[number - 1]}\nPRAGMA user_version = {number};\nCOMMIT;"
+            try:
+                await self._writer.executescript(script)
+            except sqlite3.Error:
+                if self._writer.in_transaction:
+                    await self._writer.execute("ROLLBACK")
+                raise
+
+    @property
+    def writer(self) -> aiosqlite.Connection:
+        if self._writer is None:
+            raise StoreError("the store is closed")
+        return self._writer
+
+    @property
+    def reader(self) -> aiosqlite.Connection:
+        if self._reader is None:
+            raise StoreError("the store is closed")
+        return self._reader
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction; commits on success, rolls back on any error (the caller sees it)."""
+        async with self._lock:
+            db = self.writer
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise _translate(exc) from exc
+            try:
+                yield db
+                await db.commit()
+            except BaseException as exc:
+                if db.in_transaction:
+                    await db.rollback()
+                if isinstance(exc, sqlite3.OperationalError):
+                    raise _translate(exc) from exc
+                raise
+
+    async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[Row]:
+        async with self.reader.execute(sql, tuple(params)) as cur:
+            return list(await cur.fetchall())
+
+    async def fetchone(self, sql: str, params: Iterable[Any] = ()) -> Row | None:
+        async with self.reader.execute(sql, tuple(params)) as cur:
+            return await cur.fetchone()
+
+    async def scalar(self, sql: str, params: Iterable[Any] = ()) -> Any:
+        row = await self.fetchone(sql, params)
+        return None if row is None else row[0]
+
+    async def get_kv(self, key: str) -> str | None:
+        return await self.scalar("SELECT value FROM kv WHERE key = ?", (key,))
+
+    async def set_kv(self, key: str, value: str) -> None:
+        async with self.write() as db:
+            await db.execute(
+                "INSERT INTO kv(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+    async def checkpoint(self) -> None:
+        """Fold the WAL back into the main file (used after forget, so deleted bytes leave the WAL)."""
+        async with self._lock:
+            await self.writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    async def integrity_ok(self) -> bool:
+        row = await self.fetchone("PRAGMA integrity_check")
+        return row is not None and row[0] == "ok"
+
+
+def _translate(exc: sqlite3.OperationalError) -> Exception:
+    text = str(exc).lower()
+    if "full" in text:
+        return StoreError("the database disk is full")
+    if "readonly" in text or "read-only" in text:
+        return StoreError("the database file is read-only")
+    return exc

@@ -1,0 +1,346 @@
+"""COMEDY tasks 1 and 2 over the store: session memories and compressive memory versions.
+
+Each function takes a batch, so one forward pass serves many sessions or people. Writing a result and
+marking its job done happen in one transaction: a job killed half-way is simply done again, and the
+unique keys (one memory per session, one row per version) make a second write impossible.
+Malformed output is stored raw and flagged; after the last attempt a plain extractive memory is written
+instead, so every closed session still ends with exactly one session memory and no fact is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from memory.dates import format_date, resolve_relative
+from memory.store import Store
+from models.base import BackendError, Generation, GenParams, Prompt
+from models.profiles.base import CompressionInput, Profile, SessionInput
+from models.worker import Priority
+
+log = logging.getLogger(__name__)
+
+
+class Generator(Protocol):
+    name: str
+
+    async def generate(
+        self, prompts: Sequence[Prompt], params: GenParams, priority: Priority = Priority.REPLY
+    ) -> list[Generation]: ...
+
+
+@dataclass
+class TaskReport:
+    written: int = 0
+    fallbacks: int = 0
+    malformed: int = 0
+    waiting: int = 0
+    model_calls: int = 0
+    generated_tokens: int = 0
+    items: list[int] = field(default_factory=list)
+
+    def add(self, other: TaskReport) -> None:
+        self.written += other.written
+        self.fallbacks += other.fallbacks
+        self.malformed += other.malformed
+        self.waiting += other.waiting
+        self.model_calls += other.model_calls
+        self.generated_tokens += other.generated_tokens
+        self.items += other.items
+
+
+@dataclass(frozen=True)
+class _SessionJob:
+    job_id: int
+    session_id: int
+    user_pk: int
+    attempts: int
+    private: bool
+    started: float
+    item: SessionInput
+
+
+async def _load_session(store: Store, session_id: int, bot_name: str) -> tuple[int, bool, float, SessionInput] | None:
+    row = await store.fetchone(
+        "SELECT s.user_id, s.private, s.started, u.display_name, u.platform_user_id FROM sessions s "
+        "JOIN users u ON u.id = s.user_id WHERE s.id = ?",
+        (session_id,),
+    )
+    if row is None:
+        return None
+    user_name = str(row[3] or row[4])
+    messages = await store.fetchall("SELECT author, text FROM messages WHERE session_id = ? ORDER BY id", (session_id,))
+    turns = tuple((user_name if m[0] == "user" else bot_name, str(m[1])) for m in messages)
+    item = SessionInput(user_name=user_name, bot_name=bot_name, date=format_date(float(row[2])), turns=turns)
+    return int(row[0]), bool(row[1]), float(row[2]), item
+
+
+def fallback_facts(item: SessionInput) -> list[str]:
+    """The person's own words, as an extractive memory when the model's output could not be used."""
+    facts = [f"{speaker} said: {text[:300]}" for speaker, text in item.turns if speaker == item.user_name]
+    return facts or [f"{item.user_name} talked with {item.bot_name}."]
+
+
+async def _record_output(store: Store, job_id: int, user_pk: int, task: str, raw: str, reason: str, now: float) -> None:
+    async with store.write() as db:
+        await db.execute(
+            "INSERT INTO model_outputs(job_id, user_id, task, raw, flagged, reason, created) VALUES (?, ?, ?, ?, 1, ?, ?)",
+            (job_id, user_pk, task, raw, reason, now),
+        )
+
+
+async def _queue_compression(db: object, user_pk: int, private: bool, now: float) -> None:
+    scopes = ["all"] if private else ["all", "public"]
+    for scope in scopes:
+        await db.execute(  # type: ignore[attr-defined]
+            "INSERT INTO jobs(kind, key, user_id, state, created, updated, not_before) "
+            "VALUES ('compress', ?, ?, 'pending', ?, ?, 0) "
+            "ON CONFLICT(kind, key) DO UPDATE SET state = 'pending', attempts = 0, updated = excluded.updated, "
+            "not_before = 0 WHERE jobs.state != 'running'",
+            (f"{user_pk}:{scope}", user_pk, now, now),
+        )
+
+
+async def write_session_memories(
+    store: Store,
+    generator: Generator,
+    profile: Profile,
+    job_ids: Sequence[int],
+    *,
+    bot_name: str,
+    max_new_tokens: int,
+    max_attempts: int,
+    clock: Callable[[], float],
+    retry_backoff: float = 60.0,
+) -> TaskReport:
+    """COMEDY task 1 for a batch of claimed session-memory jobs."""
+    report = TaskReport()
+    jobs: list[_SessionJob] = []
+    for job_id in job_ids:
+        row = await store.fetchone("SELECT key, user_id, attempts FROM jobs WHERE id = ?", (job_id,))
+        if row is None:
+            continue
+        loaded = await _load_session(store, int(row[0]), bot_name)
+        if loaded is None:  # the person was forgotten meanwhile
+            async with store.write() as db:
+                await db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+            continue
+        user_pk, private, started, item = loaded
+        jobs.append(_SessionJob(job_id, int(row[0]), user_pk, int(row[2]), private, started, item))
+
+    by_attempt: dict[int, list[_SessionJob]] = {}
+    for job in jobs:
+        by_attempt.setdefault(job.attempts, []).append(job)
+    for attempt, group in sorted(by_attempt.items()):
+        prompts = [profile.session_memory_prompt(j.item) for j in group]
+        params = profile.memory_params(max_new_tokens, attempt)
+        try:
+            outputs = await generator.generate(prompts, params, Priority.JOB)
+        except BackendError as exc:
+            log.warning("session-memory jobs wait: %s", exc)
+            await _postpone(store, [j.job_id for j in group], clock() + retry_backoff, str(exc))
+            report.waiting += len(group)
+            continue
+        report.model_calls += len(prompts)
+        for job, out in zip(group, outputs, strict=True):
+            report.generated_tokens += out.new_tokens
+            facts = profile.parse_session_memory(out.text, job.item)
+            source = "model"
+            if facts is None:
+                report.malformed += 1
+                await _record_output(store, job.job_id, job.user_pk, "session_memory", out.text,
+                                     "no usable fact lines", clock())
+                if job.attempts + 1 < max_attempts:
+                    async with store.write() as db:
+                        await db.execute(
+                            "UPDATE jobs SET state = 'pending', attempts = attempts + 1, last_error = ?, updated = ? "
+                            "WHERE id = ?",
+                            ("malformed model output", clock(), job.job_id),
+                        )
+                    continue
+                facts, source = fallback_facts(job.item), "fallback"
+                report.fallbacks += 1
+            facts = [resolve_relative(f, job.started) for f in facts]
+            now = clock()
+            async with store.write() as db:
+                cur = await db.execute(
+                    "INSERT INTO session_memories(session_id, user_id, private, session_time, facts, source, model, "
+                    "created) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(session_id) DO NOTHING",
+                    (job.session_id, job.user_pk, int(job.private), job.started, json.dumps(facts), source,
+                     generator.name, now),
+                )
+                await db.execute(
+                    "UPDATE jobs SET state = 'done', attempts = attempts + 1, updated = ?, last_error = ? WHERE id = ?",
+                    (now, None if source == "model" else "fallback memory after malformed outputs", job.job_id),
+                )
+                if cur.rowcount:
+                    await _queue_compression(db, job.user_pk, job.private, now)
+            report.written += 1
+            report.items.append(job.session_id)
+    return report
+
+
+async def _postpone(store: Store, job_ids: Sequence[int], not_before: float, error: str) -> None:
+    async with store.write() as db:
+        await db.executemany(
+            "UPDATE jobs SET state = 'pending', not_before = ?, last_error = ? WHERE id = ?",
+            [(not_before, error[:500], j) for j in job_ids],
+        )
+
+
+@dataclass(frozen=True)
+class _CompressJob:
+    job_id: int
+    user_pk: int
+    scope: str
+    attempts: int
+    memory_ids: tuple[int, ...]
+    sessions: tuple[int, ...]
+    item: CompressionInput
+
+
+async def _load_compression(store: Store, job_id: int, bot_name: str) -> _CompressJob | None:
+    row = await store.fetchone("SELECT key, user_id, attempts FROM jobs WHERE id = ?", (job_id,))
+    if row is None:
+        return None
+    user_pk, scope = int(row[1]), str(row[0]).split(":", 1)[1]
+    marker = "compressed_all" if scope == "all" else "compressed_public"
+    privacy = "" if scope == "all" else " AND private = 0"
+    memories = await store.fetchall(
+        f"SELECT id, session_id, session_time, facts FROM session_memories WHERE user_id = ? AND {marker} IS NULL"
+        f"{privacy} ORDER BY session_time, id",
+        (user_pk,),
+    )
+    if not memories:
+        return None
+    user = await store.fetchone("SELECT display_name, platform_user_id FROM users WHERE id = ?", (user_pk,))
+    user_name = str(user[0] or user[1]) if user else "the user"
+    previous = await store.fetchone(
+        "SELECT profile, relationship, events FROM compressive_memories WHERE user_id = ? AND scope = ? "
+        "ORDER BY version DESC LIMIT 1",
+        (user_pk, scope),
+    )
+    item = CompressionInput(
+        user_name=user_name,
+        bot_name=bot_name,
+        previous_profile=str(previous[0]) if previous else "",
+        previous_relationship=str(previous[1]) if previous else "",
+        previous_events=str(previous[2]) if previous else "",
+        new_memories=tuple((format_date(float(m[2])), tuple(json.loads(m[3]))) for m in memories),
+    )
+    return _CompressJob(
+        job_id, user_pk, scope, int(row[2]), tuple(int(m[0]) for m in memories),
+        tuple(int(m[1]) for m in memories), item,
+    )
+
+
+async def compress_memories(
+    store: Store,
+    generator: Generator,
+    profile: Profile,
+    job_ids: Sequence[int],
+    *,
+    bot_name: str,
+    max_new_tokens: int,
+    max_attempts: int,
+    clock: Callable[[], float],
+    retry_backoff: float = 60.0,
+) -> TaskReport:
+    """COMEDY task 2 for a batch of claimed compression jobs: one new version per person and scope."""
+    report = TaskReport()
+    jobs: list[_CompressJob] = []
+    for job_id in job_ids:
+        job = await _load_compression(store, job_id, bot_name)
+        if job is None:
+            async with store.write() as db:
+                await db.execute("UPDATE jobs SET state = 'done', updated = ? WHERE id = ?", (clock(), job_id))
+            continue
+        jobs.append(job)
+    by_attempt: dict[int, list[_CompressJob]] = {}
+    for job in jobs:
+        by_attempt.setdefault(min(job.attempts, max_attempts - 1), []).append(job)
+    for attempt, group in sorted(by_attempt.items()):
+        per_job = [profile.compression_prompts(j.item) for j in group]
+        flat = [p for prompts in per_job for p in prompts]
+        params = profile.memory_params(max_new_tokens, attempt)
+        try:
+            outputs = await generator.generate(flat, params, Priority.JOB)
+        except BackendError as exc:
+            log.warning("compression jobs wait: %s", exc)
+            await _postpone(store, [j.job_id for j in group], clock() + retry_backoff, str(exc))
+            report.waiting += len(group)
+            continue
+        report.model_calls += len(flat)
+        offset = 0
+        for job, prompts in zip(group, per_job, strict=True):
+            mine = outputs[offset : offset + len(prompts)]
+            offset += len(prompts)
+            report.generated_tokens += sum(o.new_tokens for o in mine)
+            parsed = profile.parse_compression([o.text for o in mine], job.item)
+            flagged = 0
+            if parsed is None:
+                report.malformed += 1
+                raw = "\n---\n".join(o.text for o in mine)
+                await _record_output(store, job.job_id, job.user_pk, "compress", raw, "unusable sections", clock())
+                if job.attempts + 1 < max_attempts:
+                    async with store.write() as db:
+                        await db.execute(
+                            "UPDATE jobs SET state = 'pending', attempts = attempts + 1, last_error = ?, updated = ? "
+                            "WHERE id = ?",
+                            ("malformed model output", clock(), job.job_id),
+                        )
+                    continue
+                parsed = _fallback_compression(job.item)
+                flagged = 1
+                report.fallbacks += 1
+            await _save_version(store, job, parsed.profile, parsed.relationship, parsed.events, generator.name,
+                                flagged, clock())
+            report.written += 1
+            report.items.append(job.user_pk)
+    return report
+
+
+def _fallback_compression(item: CompressionInput):  # noqa: ANN202 - CompressionOutput
+    from models.profiles.base import CompressionOutput
+
+    facts = [f for _, fs in item.new_memories for f in fs]
+    profile = item.previous_profile or " ".join(facts[:6]) or f"{item.user_name} has talked with {item.bot_name}."
+    relationship = item.previous_relationship or f"{item.user_name} has chatted with {item.bot_name}."
+    return CompressionOutput(profile=profile, relationship=relationship, events=item.merged_events())
+
+
+async def _save_version(
+    store: Store, job: _CompressJob, profile: str, relationship: str, events: str, model: str, flagged: int, now: float
+) -> None:
+    marker = "compressed_all" if job.scope == "all" else "compressed_public"
+    async with store.write() as db:
+        async with db.execute(
+            "SELECT COALESCE(MAX(version), 0) FROM compressive_memories WHERE user_id = ? AND scope = ?",
+            (job.user_pk, job.scope),
+        ) as cur:
+            row = await cur.fetchone()
+        version = int(row[0] if row else 0) + 1
+        await db.execute(
+            "INSERT INTO compressive_memories(user_id, scope, version, profile, relationship, events, source_sessions, "
+            "model, flagged, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (job.user_pk, job.scope, version, profile, relationship, events, json.dumps(list(job.sessions)), model,
+             flagged, now),
+        )
+        await db.executemany(
+            f"UPDATE session_memories SET {marker} = ? WHERE id = ?", [(version, m) for m in job.memory_ids]
+        )
+        # New memories may have arrived while we generated: then the job stays pending for the next run.
+        async with db.execute(
+            f"SELECT COUNT(*) FROM session_memories WHERE user_id = ? AND {marker} IS NULL"
+            + ("" if job.scope == "all" else " AND private = 0"),
+            (job.user_pk,),
+        ) as cur:
+            left = await cur.fetchone()
+        state = "pending" if left and left[0] else "done"
+        await db.execute(
+            "UPDATE jobs SET state = ?, attempts = 0, last_error = NULL, updated = ? WHERE id = ?",
+            (state, now, job.job_id),
+        )

@@ -1,0 +1,37 @@
+"""Build the configured backend; imports of heavy libraries happen only for the backend chosen."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from models.base import Backend, BackendError
+
+
+def build_backend(settings: Any) -> Backend:
+    """`settings` is a bot.config.ModelSettings; typed loosely so models/ does not import bot/."""
+    if settings.backend == "fake":
+        from models.fake import FakeBackend
+
+        return FakeBackend()
+    if settings.backend == "embedded":
+        from models.embedded import load_embedded
+
+        return load_embedded(
+            cache_dir=settings.cache_dir, device=settings.device, dtype=settings.dtype, threads=settings.threads
+        )
+    if settings.backend == "transformers":
+        from models.transformers_backend import TransformersBackend
+
+        if not settings.name:
+            raise BackendError("model.name is required with backend = \"transformers\"")
+        return TransformersBackend.load(
+            settings.name, gguf_file=settings.gguf_file, device=settings.device, dtype=settings.dtype,
+            threads=settings.threads,
+        )
+    if settings.backend == "openai":
+        try:
+            from models.openai_backend import OpenAIBackend
+        except ImportError as exc:  # pragma: no cover - until the backend lands
+            raise BackendError("the openai backend is not available in this build") from exc
+        return OpenAIBackend.from_settings(settings)
+    raise BackendError(f"unknown backend {settings.backend!r}")

@@ -1,0 +1,69 @@
+"""A deterministic fake backend for unit tests: fast, no weights, answers by the prompt's task.
+
+It echoes what it was given in the shape each task expects, so a test can follow a fact from a user's
+message through the session memory and the compressive memory into the next reply's prompt.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+
+from models.base import BackendError, Generation, GenParams, Prompt
+
+
+class FakeBackend:
+    name = "fake"
+    device = "cpu"
+
+    def __init__(self, responder: Callable[[Prompt], str] | None = None, delay: float = 0.0) -> None:
+        self.responder = responder or default_response
+        self.delay = delay
+        self.calls: list[tuple[list[Prompt], GenParams]] = []
+        self.fail_next = 0
+        self.fail_always = False
+        self._lock = threading.Lock()
+
+    def generate(self, prompts: Sequence[Prompt], params: GenParams) -> list[Generation]:
+        with self._lock:
+            self.calls.append((list(prompts), params))
+            if self.fail_always or self.fail_next > 0:
+                self.fail_next = max(0, self.fail_next - 1)
+                raise BackendError("fake backend failure")
+        if self.delay:
+            threading.Event().wait(self.delay)
+        out = []
+        for prompt in prompts:
+            text = self.responder(prompt)
+            out.append(Generation(text=text, new_tokens=self.count_tokens(text)))
+        return out
+
+    def count_tokens(self, text: str) -> int:
+        return max(1, len(text) // 4) if text else 0
+
+    def close(self) -> None:
+        pass
+
+    @property
+    def prompts(self) -> list[Prompt]:
+        return [p for batch, _ in self.calls for p in batch]
+
+
+def _last_user(prompt: Prompt) -> str:
+    if prompt.messages:
+        for role, content in reversed(prompt.messages):
+            if role == "user":
+                return content
+    return prompt.text or ""
+
+
+def default_response(prompt: Prompt) -> str:
+    body = _last_user(prompt)
+    if prompt.task == "session_memory":
+        lines = body.split("\n")[1:]
+        transcript = [ln for ln in lines if ": " in ln and ln.strip()]
+        return "\n".join(f"- {ln.split(': ', 1)[0]} said {ln.split(': ', 1)[1]}" for ln in transcript) or "-"
+    if prompt.task == "compress":
+        notes = [ln[2:] for ln in body.splitlines() if ln.startswith("- ")]
+        return " ".join(notes) or "Nothing known yet."
+    return "echo: " + body.strip()

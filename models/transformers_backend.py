@@ -1,0 +1,194 @@
+"""Local generation with transformers: any Hugging Face id or local folder, GGUF included.
+
+Runs only inside the model worker's thread. Prompts of one batch are left-padded so every row ends at
+the same position, which is what a decoder-only batch needs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from models.base import BackendError, Generation, GenParams, Prompt
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(requested: str) -> str:
+    import torch
+
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def pick_dtype(requested: str, device: str) -> Any:
+    import torch
+
+    if requested == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, requested)
+
+
+class TransformersBackend:
+    """Wraps a loaded model and tokenizer; `load()` builds one from a name or folder."""
+
+    def __init__(self, model: Any, tokenizer: Any, *, name: str, device: str, lean_decode: bool = True) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.device = device
+        self.lean_decode = lean_decode
+        self.is_seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
+        self.tokenizer.padding_side = "left" if not self.is_seq2seq else "right"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.max_positions = int(
+            getattr(model.config, "max_position_embeddings", 0) or getattr(model.config, "n_positions", 0) or 2048
+        )
+
+    @classmethod
+    def load(
+        cls,
+        name_or_path: str | Path,
+        *,
+        gguf_file: str | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        threads: int | None = None,
+    ) -> TransformersBackend:
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+        if threads:
+            torch.set_num_threads(threads)
+        device = pick_device(device)
+        torch_dtype = pick_dtype(dtype, device)
+        local = Path(str(name_or_path)).expanduser()
+        source = str(local) if local.exists() else str(name_or_path)
+        offline = {"local_files_only": local.exists()}
+        kwargs: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
+        log.info("loading model %s%s on %s (%s)", source, f" [{gguf_file}]" if gguf_file else "", device, torch_dtype)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, **kwargs, **offline)
+            config = AutoConfig.from_pretrained(source, **kwargs, **offline)
+            auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+            model = auto.from_pretrained(source, dtype=torch_dtype, **kwargs, **offline)
+        except OSError as exc:
+            raise BackendError(f"cannot load model {source}: {exc}") from exc
+        model.to(device)
+        model.eval()
+        return cls(model, tokenizer, name=os.path.basename(str(name_or_path).rstrip("/")), device=device)
+
+    def count_tokens(self, text: str) -> int:
+        if not text:
+            return 0
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def render(self, prompt: Prompt) -> str:
+        """The exact text the model sees; chat messages go through the model's own chat template."""
+        if prompt.text is not None:
+            return prompt.text
+        messages = [{"role": role, "content": content} for role, content in prompt.messages or ()]
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return "\n".join(f"{m['role']}: {m['content']}" for m in messages) + "\nassistant:"
+
+    def encode(self, prompts: Sequence[Prompt]) -> Any:
+        texts = [self.render(p) for p in prompts]
+        # A chat template already carries BOS; adding it again would double it.
+        add_special = all(p.add_special_tokens and p.messages is None for p in prompts)
+        limit = min(p.max_input_tokens or self.max_positions for p in prompts)
+        self.tokenizer.truncation_side = "left"
+        return self.tokenizer(
+            texts, return_tensors="pt", padding=True, add_special_tokens=add_special,
+            truncation=True, max_length=limit,
+        ).to(self.device)
+
+    def stop_token_ids(self) -> tuple[int, ...]:
+        ids: set[int] = set()
+        eos = self.model.generation_config.eos_token_id
+        if isinstance(eos, int):
+            ids.add(eos)
+        elif eos:
+            ids.update(eos)
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        return tuple(sorted(ids))
+
+    def generate(self, prompts: Sequence[Prompt], params: GenParams) -> list[Generation]:
+        import torch
+
+        if not prompts:
+            return []
+        try:
+            batch = self.encode(prompts)
+            if self.lean_decode and not self.is_seq2seq:
+                rows = self._lean(batch, params)
+            else:
+                rows = self._generate(batch, params)
+        except torch.OutOfMemoryError as exc:
+            raise BackendError("the model ran out of memory") from exc
+        results = []
+        for row in rows:
+            text = self.tokenizer.decode(row, skip_special_tokens=True)
+            for stop in params.stop:
+                if stop and stop in text:
+                    text = text.split(stop, 1)[0]
+            results.append(Generation(text=text, new_tokens=len(row)))
+        return results
+
+    def _lean(self, batch: Any, params: GenParams) -> list[list[int]]:
+        from models.decode import DecodeParams, decode
+
+        return decode(
+            self.model, batch["input_ids"], batch["attention_mask"],
+            DecodeParams(
+                max_new_tokens=params.max_new_tokens, do_sample=params.do_sample,
+                temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,
+                repetition_penalty=params.repetition_penalty,
+                no_repeat_ngram_size=params.no_repeat_ngram_size,
+                stop_token_ids=self.stop_token_ids(), seed=params.seed,
+            ),
+            pad_token_id=self.tokenizer.pad_token_id,
+        )
+
+    def _generate(self, batch: Any, params: GenParams) -> list[list[int]]:
+        import torch
+
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": params.max_new_tokens,
+            "do_sample": params.do_sample,
+            "pad_token_id": self.tokenizer.pad_token_id,
+            "eos_token_id": list(self.stop_token_ids()) or None,
+        }
+        if params.do_sample:
+            kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None)
+            if params.seed is not None:
+                torch.manual_seed(params.seed)
+        if params.repetition_penalty != 1.0:
+            kwargs["repetition_penalty"] = params.repetition_penalty
+        if params.no_repeat_ngram_size:
+            kwargs["no_repeat_ngram_size"] = params.no_repeat_ngram_size
+        with torch.inference_mode():
+            out = self.model.generate(**batch, **kwargs)
+        # seq2seq output starts with the decoder start token; causal output repeats the prompt.
+        out = out[:, 1:] if self.is_seq2seq else out[:, batch["input_ids"].shape[1] :]
+        stops = set(self.stop_token_ids()) | {self.tokenizer.pad_token_id}
+        rows = []
+        for seq in out.tolist():
+            row: list[int] = []
+            for tok in seq:
+                if tok in stops:
+                    break
+                row.append(tok)
+            rows.append(row)
+        return rows
+
+    def close(self) -> None:
+        self.model = None

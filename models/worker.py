@@ -1,0 +1,169 @@
+"""The model worker: one queue, one inference thread, dynamic batches, replies before background jobs.
+
+The event loop never waits on a forward pass: callers await a future while the thread runs the model.
+Requests with the same generation settings are batched together (collected for a few milliseconds or
+until the batch is full); a waiting reply always goes before queued job prompts, and since jobs are cut
+into batches, a long job run yields to replies between its batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from models.base import Backend, BackendError, Generation, GenParams, Prompt
+
+log = logging.getLogger(__name__)
+
+
+class Priority(IntEnum):
+    REPLY = 0
+    JOB = 10
+
+
+@dataclass(order=True)
+class _Request:
+    priority: int
+    seq: int
+    prompt: Prompt = field(compare=False)
+    params: GenParams = field(compare=False)
+    future: concurrent.futures.Future[Generation] = field(compare=False)
+
+
+@dataclass
+class WorkerStats:
+    batches: int = 0
+    prompts: int = 0
+    generated_tokens: int = 0
+    busy_seconds: float = 0.0
+    max_batch_seen: int = 0
+
+
+class ModelWorker:
+    """Owns the backend; `await worker.generate(prompts, params, priority)` from anywhere on the loop."""
+
+    def __init__(self, backend: Backend, *, max_batch: int = 16, batch_wait_ms: float = 5.0) -> None:
+        self.backend = backend
+        self.max_batch = max_batch
+        self.batch_wait = batch_wait_ms / 1000.0
+        self.stats = WorkerStats()
+        self._heap: list[_Request] = []
+        self._cond = threading.Condition()
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    @property
+    def name(self) -> str:
+        return self.backend.name
+
+    @property
+    def device(self) -> str:
+        return self.backend.device
+
+    def count_tokens(self, text: str) -> int:
+        return self.backend.count_tokens(text)
+
+    def queued(self) -> int:
+        with self._cond:
+            return len(self._heap)
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stopping = False
+            self._thread = threading.Thread(target=self._run, name="membot-model", daemon=True)
+            self._thread.start()
+
+    async def close(self) -> None:
+        with self._cond:
+            self._stopping = True
+            pending, self._heap = self._heap, []
+            self._cond.notify_all()
+        for request in pending:
+            request.future.cancel()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 30)
+            self._thread = None
+        self.backend.close()
+
+    def submit(self, prompt: Prompt, params: GenParams, priority: Priority) -> concurrent.futures.Future[Generation]:
+        future: concurrent.futures.Future[Generation] = concurrent.futures.Future()
+        with self._cond:
+            if self._stopping:
+                raise BackendError("the model worker is shutting down")
+            heapq.heappush(self._heap, _Request(int(priority), next(self._seq), prompt, params, future))
+            self._cond.notify()
+        return future
+
+    async def generate(
+        self, prompts: Sequence[Prompt], params: GenParams, priority: Priority = Priority.REPLY
+    ) -> list[Generation]:
+        """Queue the prompts and wait; cancelling the awaiting task withdraws those not yet started."""
+        self.start()
+        futures = [self.submit(p, params, priority) for p in prompts]
+        try:
+            return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+
+    def _take_batch(self) -> list[_Request] | None:
+        with self._cond:
+            while not self._heap and not self._stopping:
+                self._cond.wait()
+            if self._stopping:
+                return None
+            first = heapq.heappop(self._heap)
+            if not first.future.set_running_or_notify_cancel():
+                return []
+            batch = [first]
+            deadline = time.monotonic() + self.batch_wait
+            while len(batch) < self.max_batch:
+                match = next(
+                    (r for r in sorted(self._heap) if r.params == first.params and r.priority == first.priority),
+                    None,
+                )
+                if match is not None:
+                    self._heap.remove(match)
+                    heapq.heapify(self._heap)
+                    if match.future.set_running_or_notify_cancel():
+                        batch.append(match)
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            return batch
+
+    def _run(self) -> None:
+        while True:
+            batch = self._take_batch()
+            if batch is None:
+                return
+            if not batch:
+                continue
+            started = time.perf_counter()
+            try:
+                results = self.backend.generate([r.prompt for r in batch], batch[0].params)
+            except BaseException as exc:  # the thread must survive anything a backend raises
+                log.warning("generation failed for a batch of %d: %s", len(batch), exc)
+                error = exc if isinstance(exc, BackendError) else BackendError(f"generation failed: {exc}")
+                for request in batch:
+                    request.future.set_exception(error)
+                continue
+            self.stats.batches += 1
+            self.stats.prompts += len(batch)
+            self.stats.max_batch_seen = max(self.stats.max_batch_seen, len(batch))
+            self.stats.busy_seconds += time.perf_counter() - started
+            for request, result in zip(batch, results, strict=True):
+                self.stats.generated_tokens += result.new_tokens
+                request.future.set_result(result)
