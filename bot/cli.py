@@ -109,7 +109,7 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     return 2
 
 
-async def _open_app(settings: Settings, *, need_model: bool = True):  # noqa: ANN202 - App
+async def _open_app(settings: Settings, *, need_model: bool = True):
     from bot.app import App
 
     backend = None
@@ -155,7 +155,7 @@ async def _memory(settings: Settings, args: argparse.Namespace) -> int:
         elif args.memory_command == "export":
             text = json.dumps(await d.export(args.platform, args.user), ensure_ascii=False, indent=2)
             if args.out:
-                Path(args.out).write_text(text + "\n", encoding="utf-8")
+                await asyncio.to_thread(Path(args.out).write_text, text + "\n", encoding="utf-8")
                 print(f"Wrote {args.out}", file=sys.stderr)
             else:
                 print(text)
@@ -164,7 +164,7 @@ async def _memory(settings: Settings, args: argparse.Namespace) -> int:
                 if not sys.stdin.isatty():
                     print("membot: refusing to forget without confirmation; pass --yes", file=sys.stderr)
                     return 2
-                answer = input(f"Delete everything about {args.platform} user {args.user}? [y/N] ")
+                answer = await asyncio.to_thread(input, f"Delete everything about {args.platform} user {args.user}? [y/N] ")
                 if answer.strip().lower() not in ("y", "yes"):
                     print("Nothing was deleted.")
                     return 1

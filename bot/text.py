@@ -14,7 +14,9 @@ def clean_incoming(text: str, max_chars: int) -> tuple[str, bool]:
 
     Returns the text and whether it was cut.
     """
-    text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace") if _has_surrogates(text) else text
+    if _has_surrogates(text):
+        # Re-pair valid surrogate pairs, replace lone ones with U+FFFD (one each).
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     text = _CONTROL.sub("", text)
     text = unicodedata.normalize("NFC", text).strip()
     if len(text) > max_chars:

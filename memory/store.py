@@ -56,8 +56,13 @@ class Store:
         if str(self.path) != ":memory:":
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._writer = await aiosqlite.connect(self.path, isolation_level=None)
-        await _configure(self._writer)
-        await self._migrate()
+        try:
+            await _configure(self._writer)
+            await self._migrate()
+        except BaseException:
+            await self._writer.close()
+            self._writer = None
+            raise
         self._reader = await aiosqlite.connect(self.path, isolation_level=None)
         await _configure(self._reader)
 

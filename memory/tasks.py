@@ -18,7 +18,7 @@ from typing import Protocol
 from memory.dates import format_date, resolve_relative
 from memory.store import Store
 from models.base import BackendError, Generation, GenParams, Prompt
-from models.profiles.base import CompressionInput, Profile, SessionInput
+from models.profiles.base import CompressionInput, CompressionOutput, Profile, SessionInput
 from models.worker import Priority
 
 log = logging.getLogger(__name__)
@@ -303,9 +303,7 @@ async def compress_memories(
     return report
 
 
-def _fallback_compression(item: CompressionInput):  # noqa: ANN202 - CompressionOutput
-    from models.profiles.base import CompressionOutput
-
+def _fallback_compression(item: CompressionInput) -> CompressionOutput:
     facts = [f for _, fs in item.new_memories for f in fs]
     profile = item.previous_profile or " ".join(facts[:6]) or f"{item.user_name} has talked with {item.bot_name}."
     relationship = item.previous_relationship or f"{item.user_name} has chatted with {item.bot_name}."

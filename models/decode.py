@@ -286,7 +286,7 @@ def _new_dynamic_cache(model: Any) -> Any:
         if config is not None and hasattr(config, "get_text_config"):
             return DynamicCache(config=config.get_text_config(decoder=True))
         return DynamicCache()
-    except Exception:  # noqa: BLE001 - odd configs: let the model build its own cache
+    except Exception:  # odd configs: let the model build its own cache
         logger.debug("DynamicCache(config=...) failed; letting the model create its cache", exc_info=True)
         return None
 

@@ -21,6 +21,25 @@ from models.profiles.base import (
     grounded_lines,
 )
 
+# One worked example per task: a 135M model copies a demonstrated format far better than it follows
+# an instruction. The example person (Bob) is filtered out of the output by the grounding check.
+_EXAMPLE_CONVERSATION = (
+    "Bob: I'm Bob, I teach math in Oslo.\n{bot}: Hi Bob! Do you like teaching?\n"
+    "Bob: Yes. My sister Ana visited me last week and we went skiing."
+)
+_EXAMPLE_FACTS = (
+    "- Bob teaches math.\n- Bob lives in Oslo.\n- Bob likes teaching.\n"
+    "- Bob's sister Ana visited him last week.\n- Bob and Ana went skiing."
+)
+_EXAMPLE_NOTES = (
+    "- Bob teaches math.\n- Bob lives in Oslo.\n- Bob likes teaching.\n"
+    "- (3 March 2024) Bob's sister Ana visited him and they went skiing."
+)
+_EXAMPLE_PROFILE = (
+    "Bob is a math teacher in Oslo who likes teaching. He has a sister, Ana, and they enjoy skiing together."
+)
+_EXAMPLE_RELATIONSHIP = "Bob chats with {bot} openly about his work and family; they are friendly acquaintances."
+
 _LABEL = re.compile(r"^\s*(?:[-*•]|\d+[.)])?\s*(?:\*\*)?(?:profile|relationship|events?)\s*(?:\*\*)?\s*:\s*", re.I)
 
 
@@ -32,17 +51,13 @@ class ChatProfile:
 
     def session_memory_prompt(self, item: SessionInput) -> Prompt:
         transcript = "\n".join(f"{speaker}: {text}" for speaker, text in item.turns)
+        example = _EXAMPLE_CONVERSATION.replace("{bot}", item.bot_name)
         return Prompt(
             messages=(
-                ("system", "You take short, accurate notes about people. You never invent anything."),
-                (
-                    "user",
-                    f"Conversation between {item.user_name} and {item.bot_name} on {item.date}:\n"
-                    f"{transcript}\n\n"
-                    f"Write what we learned about {item.user_name} and what happened in this conversation, "
-                    f"one short sentence per line, each line starting with '- '. "
-                    f"Name {item.user_name} in every line.",
-                ),
+                ("system", "You write short facts about a person from a conversation."),
+                ("user", f"Conversation:\n{example}\n\nFacts about Bob:"),
+                ("assistant", _EXAMPLE_FACTS),
+                ("user", f"Conversation:\n{transcript}\n\nFacts about {item.user_name}:"),
             ),
             task=Task.SESSION_MEMORY,
         )
@@ -54,29 +69,22 @@ class ChatProfile:
 
     def compression_prompts(self, item: CompressionInput) -> list[Prompt]:
         notes = item.notes_text()
-        system = ("system", "You keep a short, accurate memory about one person. You never invent anything.")
+        bot = item.bot_name
         profile = Prompt(
             messages=(
-                system,
-                (
-                    "user",
-                    f"Notes about {item.user_name}:\n{notes}\n\n"
-                    f"Write a short profile of {item.user_name} in two to four sentences: who they are, "
-                    f"their work, family, pets, places, what they like and dislike, health and mood. "
-                    f"Use only the notes.",
-                ),
+                ("system", "You write a short profile of a person from notes, using only the notes."),
+                ("user", f"Notes:\n{_EXAMPLE_NOTES}\n\nProfile of Bob:"),
+                ("assistant", _EXAMPLE_PROFILE),
+                ("user", f"Notes:\n{notes}\n\nProfile of {item.user_name}:"),
             ),
             task=Task.COMPRESS,
         )
         relationship = Prompt(
             messages=(
-                system,
-                (
-                    "user",
-                    f"Notes about {item.user_name}:\n{notes}\n\n"
-                    f"In one or two sentences, describe how {item.user_name} and {item.bot_name} get along "
-                    f"and how close they are. Use only the notes.",
-                ),
+                ("system", "You describe in one sentence how a person and a chatbot get along, using only the notes."),
+                ("user", f"Notes:\n{_EXAMPLE_NOTES}\n\nHow do Bob and {bot} get along?"),
+                ("assistant", _EXAMPLE_RELATIONSHIP.replace("{bot}", bot)),
+                ("user", f"Notes:\n{notes}\n\nHow do {item.user_name} and {bot} get along?"),
             ),
             task=Task.COMPRESS,
         )

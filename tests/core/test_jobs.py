@@ -1,0 +1,146 @@
+"""Memory jobs: batched, idempotent after a crash, defensive about malformed model output."""
+
+from __future__ import annotations
+
+import json
+
+from bot.app import App
+from bot.incoming import IncomingMessage
+from models.base import Prompt
+from models.fake import FakeBackend, default_response
+from tests.fakes.clock import ManualClock
+
+
+def _msg(text: str, user: str = "alice", chat: str = "dm-alice", kind: str = "dm") -> IncomingMessage:
+    return IncomingMessage(platform="telegram", user_id=user, display_name=user.title(), chat_id=chat,
+                           chat_kind=kind, text=text)
+
+
+async def _sessions_for(app: App, users: list[str], clock: ManualClock) -> None:
+    for user in users:
+        await app.dispatcher.handle(_msg(f"My name is {user} and I collect stamps.", user, f"dm-{user}"))
+    clock.advance(120)  # past the 60 s timeout of the test settings
+
+
+async def test_jobs_batch_and_write_one_memory_per_session(app: App, fake_backend: FakeBackend, clock: ManualClock) -> None:
+    await _sessions_for(app, [f"user{i}" for i in range(5)], clock)
+    fake_backend.calls.clear()
+    report = await app.jobs.run_until_idle()
+    assert report.closed_sessions == 5
+    assert report.session_memories.written == 5
+    assert report.compressions.written == 5
+    sizes = [len(batch) for batch, _ in fake_backend.calls]
+    assert max(sizes) > 1, f"expected batched generation, got batch sizes {sizes}"
+    assert await app.store.scalar("SELECT COUNT(*) FROM session_memories") == 5
+    # Running again does nothing more.
+    again = await app.jobs.run_until_idle()
+    assert again.session_memories.written == 0 and again.compressions.written == 0
+    assert await app.store.scalar("SELECT COUNT(*) FROM compressive_memories") == 5
+
+
+async def test_job_killed_half_way_is_redone_once(settings, clock: ManualClock) -> None:
+    """Simulate a crash: jobs claimed ('running') and the process gone before writing."""
+    backend = FakeBackend()
+    app = await App.create(settings, backend=backend, clock=clock)
+    await app.start(schedule=False)
+    await _sessions_for(app, ["alice", "bob"], clock)
+    await app.sessions.sweep()
+    claimed = await app.jobs._claim("session_memory")
+    assert len(claimed) == 2
+    await app.close()  # the "crash": nothing written, jobs left running
+
+    app = await App.create(settings, backend=backend, clock=clock)
+    try:
+        await app.start(schedule=False)  # recovery requeues running jobs
+        await app.jobs.run_until_idle()
+        await app.jobs.run_until_idle()
+        rows = await app.store.fetchall("SELECT session_id, COUNT(*) FROM session_memories GROUP BY session_id")
+        assert len(rows) == 2 and all(r[1] == 1 for r in rows)
+        versions = await app.store.fetchall(
+            "SELECT user_id, scope, GROUP_CONCAT(version) FROM compressive_memories GROUP BY user_id, scope"
+        )
+        assert all(v[2] == "1" for v in versions)
+        assert await app.store.scalar("SELECT COUNT(*) FROM jobs WHERE state != 'done'") == 0
+    finally:
+        await app.close()
+
+
+async def test_compressive_versions_strictly_increase(app: App, clock: ManualClock) -> None:
+    for day in range(3):
+        await app.dispatcher.handle(_msg(f"Day {day}: I visited museum number {day}."))
+        clock.advance(120)
+        await app.jobs.run_until_idle()
+    versions = [r[0] for r in await app.store.fetchall(
+        "SELECT version FROM compressive_memories WHERE scope = 'all' ORDER BY id")]
+    assert versions == [1, 2, 3]
+    events = await app.store.scalar("SELECT events FROM compressive_memories WHERE version = 3 AND scope = 'all'")
+    assert "museum number 0" in events and "museum number 2" in events
+    assert "8 May 2023" in events  # dated with the session's time
+
+
+async def test_malformed_output_is_stored_flagged_retried_then_falls_back(settings, clock: ManualClock) -> None:
+    def garbage(prompt: Prompt) -> str:
+        return "!!!" if prompt.task == "session_memory" else default_response(prompt)
+
+    backend = FakeBackend(responder=garbage)
+    app = await App.create(settings, backend=backend, clock=clock)
+    await app.start(schedule=False)
+    try:
+        await app.dispatcher.handle(_msg("I adopted a dog named Rex."))
+        clock.advance(120)
+        report = await app.jobs.run_until_idle()
+        attempts = settings.jobs.max_attempts
+        assert report.session_memories.malformed == attempts
+        assert report.session_memories.fallbacks == 1
+        raw = await app.store.fetchall("SELECT raw, flagged, task FROM model_outputs")
+        assert len(raw) == attempts and all(r[0] == "!!!" and r[1] == 1 for r in raw)
+        row = await app.store.fetchone("SELECT facts, source FROM session_memories")
+        assert row["source"] == "fallback" and "Rex" in json.loads(row["facts"])[0]
+        session_prompts = [p for p in backend.prompts if p.task == "session_memory"]
+        assert len(session_prompts) == attempts
+    finally:
+        await app.close()
+
+
+async def test_malformed_compression_never_crashes(settings, clock: ManualClock) -> None:
+    def bad_compress(prompt: Prompt) -> str:
+        return "" if prompt.task == "compress" else default_response(prompt)
+
+    app = await App.create(settings, backend=FakeBackend(responder=bad_compress), clock=clock)
+    await app.start(schedule=False)
+    try:
+        await app.dispatcher.handle(_msg("I love sailing."))
+        clock.advance(120)
+        report = await app.jobs.run_until_idle()
+        assert report.compressions.fallbacks >= 1
+        flagged = await app.store.scalar("SELECT flagged FROM compressive_memories WHERE scope = 'all'")
+        assert flagged == 1
+    finally:
+        await app.close()
+
+
+async def test_jobs_wait_when_the_model_is_down(settings, clock: ManualClock) -> None:
+    backend = FakeBackend()
+    app = await App.create(settings, backend=backend, clock=clock)
+    await app.start(schedule=False)
+    try:
+        await app.dispatcher.handle(_msg("I love sailing."))
+        clock.advance(120)
+        backend.fail_always = True
+        report = await app.jobs.run_due()
+        assert report.session_memories.waiting == 1
+        assert await app.store.scalar("SELECT state FROM jobs") == "pending"
+        backend.fail_always = False
+        clock.advance(settings.jobs.retry_backoff + 1)
+        report = await app.jobs.run_until_idle()
+        assert report.session_memories.written == 1
+    finally:
+        await app.close()
+
+
+async def test_relative_dates_are_written_as_dates(app: App, clock: ManualClock) -> None:
+    await app.dispatcher.handle(_msg("Yesterday I ran my first half marathon."))
+    clock.advance(120)
+    await app.jobs.run_until_idle()
+    facts = json.loads(await app.store.scalar("SELECT facts FROM session_memories"))
+    assert any("7 May 2023" in f for f in facts)

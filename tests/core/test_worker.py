@@ -1,0 +1,89 @@
+"""The model worker: batches, replies before jobs, cancellation, survives backend errors."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+
+import pytest
+
+from models.base import BackendError, Generation, GenParams, Prompt
+from models.worker import ModelWorker, Priority
+
+
+class GatedBackend:
+    """Blocks its first batch until released, so tests can queue work behind it."""
+
+    name = "gated"
+    device = "cpu"
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.batches: list[list[str]] = []
+
+    def generate(self, prompts: Sequence[Prompt], params: GenParams) -> list[Generation]:
+        if not self.batches:
+            self.entered.set()
+            self.gate.wait(5)
+        self.batches.append([p.text or "" for p in prompts])
+        if any(p.text == "boom" for p in prompts):
+            raise RuntimeError("kaboom")
+        return [Generation(text=(p.text or "").upper(), new_tokens=1) for p in prompts]
+
+    def count_tokens(self, text: str) -> int:
+        return len(text)
+
+    def close(self) -> None:
+        pass
+
+
+async def _wait_started(backend: GatedBackend, worker: ModelWorker) -> None:
+    await asyncio.to_thread(backend.entered.wait, 5)
+
+
+async def test_replies_go_before_jobs_and_are_batched() -> None:
+    backend = GatedBackend()
+    worker = ModelWorker(backend, max_batch=8, batch_wait_ms=1)
+    params = GenParams()
+    first = asyncio.ensure_future(worker.generate([Prompt(text="first")], params, Priority.JOB))
+    await _wait_started(backend, worker)
+    jobs = asyncio.ensure_future(worker.generate([Prompt(text=f"job{i}") for i in range(3)], params, Priority.JOB))
+    await asyncio.sleep(0.02)
+    replies = [asyncio.ensure_future(worker.generate([Prompt(text=f"r{i}")], params)) for i in range(3)]
+    await asyncio.sleep(0.02)
+    backend.gate.set()
+    assert [g.text for g in await jobs] == ["JOB0", "JOB1", "JOB2"]
+    assert [(await r)[0].text for r in replies] == ["R0", "R1", "R2"]
+    await first
+    assert backend.batches[1] == ["r0", "r1", "r2"]  # the replies, batched, before the waiting jobs
+    assert backend.batches[2] == ["job0", "job1", "job2"]
+    await worker.close()
+
+
+async def test_cancelled_requests_are_skipped() -> None:
+    backend = GatedBackend()
+    worker = ModelWorker(backend, batch_wait_ms=0)
+    first = asyncio.ensure_future(worker.generate([Prompt(text="first")], GenParams()))
+    await _wait_started(backend, worker)
+    doomed = asyncio.ensure_future(worker.generate([Prompt(text="doomed")], GenParams()))
+    await asyncio.sleep(0.01)
+    doomed.cancel()
+    backend.gate.set()
+    await first
+    with pytest.raises(asyncio.CancelledError):
+        await doomed
+    await asyncio.sleep(0.05)
+    assert ["doomed"] not in backend.batches
+    await worker.close()
+
+
+async def test_backend_errors_reach_the_caller_and_the_thread_survives() -> None:
+    backend = GatedBackend()
+    backend.gate.set()
+    worker = ModelWorker(backend, batch_wait_ms=0)
+    with pytest.raises(BackendError, match="kaboom"):
+        await worker.generate([Prompt(text="boom")], GenParams())
+    assert (await worker.generate([Prompt(text="ok")], GenParams()))[0].text == "OK"
+    await worker.close()
