@@ -12,7 +12,9 @@ def build_backend(settings: Any) -> Backend:
     if settings.backend == "fake":
         from models.fake import FakeBackend
 
-        return FakeBackend()
+        # Tests and crash drills slow the fake down with name = "delay=SECONDS".
+        delay = float(settings.name.split("=", 1)[1]) if settings.name and settings.name.startswith("delay=") else 0.0
+        return FakeBackend(delay=delay)
     if settings.backend == "embedded":
         from models.embedded import load_embedded
 

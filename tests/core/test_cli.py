@@ -1,0 +1,122 @@
+"""The `membot` command as a shell user meets it: piped chat, jobs, memory commands, exit codes, SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _config(tmp_path: Path, extra: str = "") -> Path:
+    path = tmp_path / "membot.toml"
+    path.write_text(
+        f'[model]\nbackend = "fake"\n{extra}\n[storage]\npath = "{tmp_path / "db.sqlite3"}"\n[logging]\nlevel = "WARNING"\n'
+    )
+    return path
+
+
+def membot(*args: str, config: Path | None = None, stdin: str = "", timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("MEMBOT_CONFIG", None)
+    cmd = [sys.executable, "-m", "bot.cli", *(["--config", str(config)] if config else []), *args]
+    return subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+
+
+def test_scripted_chat_jobs_and_memory(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    chat = membot("chat", "--user", "alice", config=cfg,
+                  stdin="I live in Lyon.\nI have a cat called Pixel.\nI play the violin.\n/end\n")
+    assert chat.returncode == 0, chat.stderr
+    lines = chat.stdout.splitlines()
+    assert lines[:3] == ["echo: I live in Lyon.", "echo: I have a cat called Pixel.", "echo: I play the violin."]
+    assert "ended" in lines[3]
+    jobs = membot("jobs", "run", config=cfg)
+    assert jobs.returncode == 0 and "wrote 1 session memory" in jobs.stdout
+    show = membot("memory", "show", "--platform", "console", "--user", "alice", config=cfg)
+    assert show.returncode == 0
+    assert "Profile:" in show.stdout and "Relationship:" in show.stdout and "Pixel" in show.stdout
+    out = tmp_path / "export.json"
+    export = membot("memory", "export", "--platform", "console", "--user", "alice", "--out", str(out), config=cfg)
+    assert export.returncode == 0 and json.loads(out.read_text())["user"]["id"] == "alice"
+    assert membot("memory", "forget", "--platform", "console", "--user", "alice", config=cfg).returncode == 2
+    forget = membot("memory", "forget", "--platform", "console", "--user", "alice", "--yes", config=cfg)
+    assert forget.returncode == 0 and "Deleted" in forget.stdout
+    missing = membot("memory", "show", "--platform", "console", "--user", "alice", config=cfg)
+    assert missing.returncode == 1 and "no stored data" in missing.stderr
+
+
+def test_in_chat_forget_asks_first(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    out = membot("chat", "--user", "bob", config=cfg, stdin="hello\n/forget\nno\n/forget\nyes\n").stdout
+    assert "Nothing was deleted." in out and "deleted everything" in out
+    assert sqlite3.connect(tmp_path / "db.sqlite3").execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 0
+
+
+def test_configuration_errors_exit_2_with_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[sessions]\ninactivity_timeout = -5\n")
+    result = membot("chat", config=bad)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("membot: configuration error:") and "inactivity_timeout" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert membot("bogus").returncode == 2
+
+
+def test_run_without_tokens_says_why(tmp_path: Path) -> None:
+    env_free = membot("run", config=_config(tmp_path))
+    assert env_free.returncode == 2 and "TELEGRAM_BOT_TOKEN" in env_free.stdout
+
+
+def _kill_when(proc: subprocess.Popen[str], db: Path, sql: str, target: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with sqlite3.connect(db, timeout=1) as conn:
+                if conn.execute(sql).fetchone()[0] >= target:
+                    break
+        except sqlite3.Error:
+            pass
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+
+
+@pytest.mark.parametrize("round_", range(2))
+def test_sigkill_during_chat_and_jobs_loses_nothing(tmp_path: Path, round_: int) -> None:
+    cfg = _config(tmp_path, 'name = "delay=0.3"')
+    db = tmp_path / "db.sqlite3"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    messages = [f"fact number {i} about me" for i in range(6)]
+    # Kill while the model is generating the reply to message 3 (messages are stored before generation).
+    proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "--config", str(cfg), "chat", "--user", "carol"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=REPO)
+    assert proc.stdin is not None
+    proc.stdin.write("\n".join(messages) + "\n")
+    proc.stdin.flush()
+    _kill_when(proc, db, "SELECT COUNT(*) FROM messages WHERE author = 'user'", 3 + round_)
+    with sqlite3.connect(db) as conn:
+        stored = [r[0] for r in conn.execute("SELECT text FROM messages WHERE author = 'user' ORDER BY id")]
+    assert stored == messages[: len(stored)] and len(stored) >= 3 + round_
+    # End the session, then kill `membot jobs run` while it generates.
+    assert membot("chat", "--user", "carol", config=cfg, stdin="/end\n").returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "--config", str(cfg), "jobs", "run"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    _kill_when(proc, db, "SELECT COUNT(*) FROM jobs WHERE state = 'running'", 1)
+    again = membot("jobs", "run", config=cfg)
+    assert again.returncode == 0, again.stderr
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        closed = conn.execute("SELECT id FROM sessions WHERE state = 'closed'").fetchall()
+        for (sid,) in closed:
+            assert conn.execute("SELECT COUNT(*) FROM session_memories WHERE session_id = ?", (sid,)).fetchone()[0] == 1
+        assert conn.execute("SELECT COUNT(*) FROM messages WHERE author = 'user'").fetchone()[0] == len(stored)
