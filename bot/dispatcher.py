@@ -99,9 +99,17 @@ class Dispatcher:
         if lock is None:
             lock = self._locks[key] = asyncio.Lock()
         async with lock:
-            return await self._reply(msg, text, cut)
+            return await self._reply(msg, text, cut, on_partial)
 
-    async def _reply(self, msg: IncomingMessage, text: str, cut: bool) -> Reply:
+    def _partials(
+        self, on_partial: Callable[[str], Awaitable[None]] | None
+    ) -> tuple[Callable[[str], None] | None, _PartialPump | None]:
+        if on_partial is None:
+            return None, None
+        pump = _PartialPump(on_partial)
+        return pump.feed, pump
+
+    async def _reply(self, msg: IncomingMessage, text: str, cut: bool, on_partial: Callable[[str], Awaitable[None]] | None = None) -> Reply:
         try:
             recorded = await self.sessions.record_user_message(
                 platform=msg.platform, user_id=msg.user_id, display_name=msg.display_name,
@@ -126,13 +134,16 @@ class Dispatcher:
                 self.settings.max_new_tokens, self.settings.temperature, self.settings.top_p,
                 self.settings.repetition_penalty,
             )
-            task = asyncio.ensure_future(self.worker.generate([prompt], params, Priority.REPLY))
+            on_text, pump = self._partials(on_partial)
+            task = asyncio.ensure_future(self.worker.generate([prompt], params, Priority.REPLY, on_text))
             inflight = self._inflight.setdefault((msg.platform, msg.user_id), set())
             inflight.add(task)  # type: ignore[arg-type]
             try:
                 generation = (await task)[0]
             finally:
                 inflight.discard(task)  # type: ignore[arg-type]
+                if pump is not None:
+                    await pump.stop()
             answer = defuse_mentions(self.profile.clean_reply(generation.text)) or "…"
         except asyncio.CancelledError:
             if asyncio.current_task() and asyncio.current_task().cancelling():  # type: ignore[union-attr]
@@ -271,3 +282,45 @@ class Dispatcher:
     async def compress_now(self) -> str:
         report = await self.jobs.run_due()
         return "Memory jobs ran: " + report.summary() + "."
+
+
+class _PartialPump:
+    """Carries growing text from the inference thread to an adapter's coroutine, newest text only.
+
+    The adapter decides how often to show it (Telegram and Discord edit at most once a second).
+    """
+
+    def __init__(self, on_partial: Callable[[str], Awaitable[None]]) -> None:
+        self.on_partial = on_partial
+        self.loop = asyncio.get_running_loop()
+        self.latest: str | None = None
+        self.wake = asyncio.Event()
+        self.closing = False
+        self.task = asyncio.ensure_future(self._run())
+
+    def feed(self, text: str) -> None:  # called from the inference thread
+        self.loop.call_soon_threadsafe(self._set, text)
+
+    def _set(self, text: str) -> None:
+        self.latest = text
+        self.wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            text, self.latest = self.latest, None
+            if text:
+                try:
+                    await self.on_partial(defuse_mentions(text))
+                except Exception:  # a failed edit must not cost the reply
+                    log.warning("streaming update failed", exc_info=True)
+            if self.closing and self.latest is None:
+                return
+
+    async def stop(self) -> None:
+        """Deliver what is pending (an update in flight is awaited, never cut off), then end."""
+        await asyncio.sleep(0)  # let feeds already scheduled from the thread land
+        self.closing = True
+        self.wake.set()
+        await self.task

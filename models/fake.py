@@ -19,6 +19,7 @@ class FakeBackend:
     def __init__(self, responder: Callable[[Prompt], str] | None = None, delay: float = 0.0) -> None:
         self.responder = responder or default_response
         self.delay = delay
+        self.stream_delay = 0.0
         self.calls: list[tuple[list[Prompt], GenParams]] = []
         self.fail_next = 0
         self.fail_always = False
@@ -37,6 +38,16 @@ class FakeBackend:
             text = self.responder(prompt)
             out.append(Generation(text=text, new_tokens=self.count_tokens(text)))
         return out
+
+    def stream(self, prompt: Prompt, params: GenParams, on_text: Callable[[str], None]) -> Generation:
+        """Word by word, spread over `delay`, so adapters' throttled edits can be tested."""
+        result = self.generate([prompt], params)[0]
+        words = result.text.split(" ")
+        for i in range(1, len(words) + 1):
+            on_text(" ".join(words[:i]))
+            if self.stream_delay:
+                threading.Event().wait(self.stream_delay)
+        return result
 
     def count_tokens(self, text: str) -> int:
         return max(1, len(text) // 4) if text else 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +143,28 @@ class TransformersBackend:
             results.append(Generation(text=text, new_tokens=len(row)))
         return results
 
+    def stream(self, prompt: Prompt, params: GenParams, on_text: Callable[[str], None]) -> Generation:
+        """One prompt, its text handed to `on_text` as it grows (transformers' streamer hook)."""
+        from transformers import TextStreamer
+
+        tokenizer = self.tokenizer
+        pieces: list[str] = []
+
+        class _Streamer(TextStreamer):
+            def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+                if text:
+                    pieces.append(text)
+                    on_text("".join(pieces))
+
+        batch = self.encode([prompt])
+        rows = self._generate(batch, params, streamer=_Streamer(tokenizer, skip_prompt=not self.is_seq2seq,
+                                                                 skip_special_tokens=True))
+        text = tokenizer.decode(rows[0], skip_special_tokens=True)
+        for stop in params.stop:
+            if stop and stop in text:
+                text = text.split(stop, 1)[0]
+        return Generation(text=text, new_tokens=len(rows[0]))
+
     def _lean(self, batch: Any, params: GenParams) -> list[list[int]]:
         from models.decode import DecodeParams, decode
 
@@ -158,10 +180,11 @@ class TransformersBackend:
             pad_token_id=self.tokenizer.pad_token_id,
         )
 
-    def _generate(self, batch: Any, params: GenParams) -> list[list[int]]:
+    def _generate(self, batch: Any, params: GenParams, streamer: Any = None) -> list[list[int]]:
         import torch
 
         kwargs: dict[str, Any] = {
+            "streamer": streamer,
             "max_new_tokens": params.max_new_tokens,
             "do_sample": params.do_sample,
             "pad_token_id": self.tokenizer.pad_token_id,

@@ -15,7 +15,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -36,6 +36,7 @@ class _Request:
     prompt: Prompt = field(compare=False)
     params: GenParams = field(compare=False)
     future: concurrent.futures.Future[Generation] = field(compare=False)
+    on_text: Callable[[str], None] | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -94,21 +95,32 @@ class ModelWorker:
             self._thread = None
         self.backend.close()
 
-    def submit(self, prompt: Prompt, params: GenParams, priority: Priority) -> concurrent.futures.Future[Generation]:
+    def submit(
+        self, prompt: Prompt, params: GenParams, priority: Priority, on_text: Callable[[str], None] | None = None
+    ) -> concurrent.futures.Future[Generation]:
         future: concurrent.futures.Future[Generation] = concurrent.futures.Future()
         with self._cond:
             if self._stopping:
                 raise BackendError("the model worker is shutting down")
-            heapq.heappush(self._heap, _Request(int(priority), next(self._seq), prompt, params, future))
+            heapq.heappush(self._heap, _Request(int(priority), next(self._seq), prompt, params, future, on_text))
             self._cond.notify()
         return future
 
     async def generate(
-        self, prompts: Sequence[Prompt], params: GenParams, priority: Priority = Priority.REPLY
+        self,
+        prompts: Sequence[Prompt],
+        params: GenParams,
+        priority: Priority = Priority.REPLY,
+        on_text: Callable[[str], None] | None = None,
     ) -> list[Generation]:
-        """Queue the prompts and wait; cancelling the awaiting task withdraws those not yet started."""
+        """Queue the prompts and wait; cancelling the awaiting task withdraws those not yet started.
+
+        `on_text` (one prompt only) receives the growing text from the inference thread as it is made.
+        """
+        if on_text is not None and len(prompts) != 1:
+            raise ValueError("streaming takes exactly one prompt")
         self.start()
-        futures = [self.submit(p, params, priority) for p in prompts]
+        futures = [self.submit(p, params, priority, on_text) for p in prompts]
         try:
             return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
         except BaseException:
@@ -126,10 +138,15 @@ class ModelWorker:
             if not first.future.set_running_or_notify_cancel():
                 return []
             batch = [first]
+            if first.on_text is not None:  # a streamed reply runs on its own
+                return batch
             deadline = time.monotonic() + self.batch_wait
             while len(batch) < self.max_batch:
                 match = next(
-                    (r for r in sorted(self._heap) if r.params == first.params and r.priority == first.priority),
+                    (
+                        r for r in sorted(self._heap)
+                        if r.params == first.params and r.priority == first.priority and r.on_text is None
+                    ),
                     None,
                 )
                 if match is not None:
@@ -153,7 +170,11 @@ class ModelWorker:
                 continue
             started = time.perf_counter()
             try:
-                results = self.backend.generate([r.prompt for r in batch], batch[0].params)
+                stream = getattr(self.backend, "stream", None)
+                if batch[0].on_text is not None and stream is not None:
+                    results = [stream(batch[0].prompt, batch[0].params, batch[0].on_text)]
+                else:
+                    results = self.backend.generate([r.prompt for r in batch], batch[0].params)
             except BaseException as exc:  # the thread must survive anything a backend raises
                 log.warning("generation failed for a batch of %d: %s", len(batch), exc)
                 error = exc if isinstance(exc, BackendError) else BackendError(f"generation failed: {exc}")

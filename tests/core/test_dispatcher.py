@@ -95,3 +95,17 @@ async def test_admin_commands_only_for_admins(app: App) -> None:
     assert "Memory jobs ran" in (await d.handle(_msg("/compress_now", admin=True))).text
     assert "Deleted everything about user bob" in (await d.handle(_msg("/forget_user bob", admin=True))).text
     assert await app.store.scalar("SELECT COUNT(*) FROM users WHERE platform_user_id = 'bob'") == 0
+
+
+async def test_streaming_delivers_growing_text_then_the_final_reply(app: App, fake_backend: FakeBackend) -> None:
+    fake_backend.stream_delay = 0.01
+    partials: list[str] = []
+
+    async def on_partial(text: str) -> None:
+        partials.append(text)
+
+    reply = await app.dispatcher.handle(_msg("one two three four five"), on_partial=on_partial)
+    assert reply.text == "echo: one two three four five"
+    assert partials and partials[-1] == reply.text
+    assert all(reply.text.startswith(p) for p in partials)
+    assert len(partials) > 1

@@ -70,6 +70,7 @@ async def test_cancelled_requests_are_skipped() -> None:
     doomed = asyncio.ensure_future(worker.generate([Prompt(text="doomed")], GenParams()))
     await asyncio.sleep(0.01)
     doomed.cancel()
+    await asyncio.sleep(0.01)  # the cancellation reaches the awaiting task, which withdraws its request
     backend.gate.set()
     await first
     with pytest.raises(asyncio.CancelledError):
