@@ -53,16 +53,20 @@ class App:
             worker = ModelWorker(backend, max_batch=settings.model.max_batch, batch_wait_ms=settings.model.batch_wait_ms)
             if memory_backend is None and settings.memory_model is not None:
                 memory_backend = build_backend(settings.memory_model)
+            memory_settings = settings.memory_model or settings.model
             memory_worker = (
-                ModelWorker(memory_backend, max_batch=settings.memory_model.max_batch if settings.memory_model
-                            else settings.model.max_batch)
+                ModelWorker(memory_backend, max_batch=memory_settings.max_batch,
+                            batch_wait_ms=memory_settings.batch_wait_ms)
                 if memory_backend is not None else worker
             )
         except BaseException:
             await store.close()
             raise
-        profile = get_profile(settings.model.profile)
-        memory_profile = get_profile(settings.memory_model.profile) if settings.memory_model else profile
+        # Profiles are bound to their model's tokenizer: exact token counts and EOS text for the seed formats.
+        profile = get_profile(settings.model.profile, backend)
+        memory_profile = (
+            get_profile(settings.memory_model.profile, memory_backend or backend) if settings.memory_model else profile
+        )
         sessions = SessionManager(store, inactivity_timeout=settings.sessions.inactivity_timeout, clock=clock)
         jobs = JobRunner(
             store, sessions, memory_worker, memory_profile, bot_name=settings.bot.name,

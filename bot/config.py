@@ -155,6 +155,31 @@ class Settings(Section):
                 raise ValueError(f"jobs.cron: {exc}") from None
         return self
 
+    @model_validator(mode="after")
+    def _check_every_task_has_a_model(self) -> Settings:
+        """Replies need a profile that can reply; the memory jobs need one that writes memories (task 1 and 2):
+        the reply model's, or the [memory_model]'s when there is one."""
+        from pydantic_core import PydanticCustomError
+
+        from models.profiles import Task, known_profiles, profile_tasks
+
+        writers = [n for n in known_profiles() if {Task.SESSION_MEMORY, Task.COMPRESS} <= profile_tasks(n)]
+        if Task.REPLY not in profile_tasks(self.model.profile):
+            raise PydanticCustomError(
+                "profile_tasks", f"model.profile: profile {self.model.profile!r} cannot write replies"
+            )
+        memory = self.memory_model or self.model
+        key = "memory_model.profile" if self.memory_model else "model.profile"
+        if not {Task.SESSION_MEMORY, Task.COMPRESS} <= profile_tasks(memory.profile):
+            hint = (
+                f"use a profile that can ({', '.join(repr(n) for n in writers)})" if self.memory_model else
+                'add a [memory_model] section for the memory jobs, e.g. backend = "embedded" with profile = "chat"'
+            )
+            raise PydanticCustomError(
+                "profile_tasks", f"{key}: profile {memory.profile!r} writes replies only and cannot write memories; {hint}"
+            )
+        return self
+
 
 class ConfigError(Exception):
     """Raised with one human sentence naming the bad key; the CLI prints it and exits 2."""

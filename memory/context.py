@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from memory.dates import format_date
+from memory.dates import format_date, resolve_relative
 from memory.retrieval import search_user_messages
 from memory.store import Store
 from models.profiles.base import ReplyInput, content_words
@@ -123,19 +123,22 @@ class ContextBuilder:
                 memory = cm.render(max(share, 0), count, query)
                 budget -= count(memory)
         if self.strategy == "hybrid" and self.retrieval_k > 0:
+            # Bigger budgets hold more passages: at least retrieval_k, about one per 48 tokens of budget.
+            wanted = max(self.retrieval_k, self.budget // 48)
             found = await search_user_messages(
-                self.store, user_pk, query, limit=self.retrieval_k * 3,
+                self.store, user_pk, query, limit=wanted * 2,
                 exclude_session=session_id, include_private=include_private,
             )
             for item in found:
                 speaker = user_name if item.author == "user" else self.bot_name
-                line = f"[{format_date(item.created)}] {speaker}: {item.text}"
+                # Relative dates get the absolute date they meant, from the turn's own date.
+                line = f"[{format_date(item.created)}] {speaker}: {resolve_relative(item.text, item.created)}"
                 cost = count(line) + 1
                 if cost > budget - turn_reserve:
                     continue
                 evidence.append(line)
                 budget -= cost
-                if len(evidence) >= self.retrieval_k:
+                if len(evidence) >= wanted:
                     break
         if self.strategy == "recent":
             older_current = await self._recent_turns(user_pk, session_id, include_private) + older_current

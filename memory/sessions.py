@@ -117,6 +117,21 @@ class SessionManager:
             await db.execute("UPDATE sessions SET last_activity = ? WHERE id = ?", (now, session_id))
         return Recorded(user_pk, chat_pk, session_id, message_id, chat_kind in PRIVATE_KINDS, False, new)
 
+    async def ensure_session(
+        self, *, platform: str, user_id: str, display_name: str, chat_id: str, chat_kind: str,
+        when: float | None = None,
+    ) -> Recorded:
+        """The person's open session in the chat, opened if needed, without storing a message.
+
+        For replays where the bot spoke first (LoCoMo sessions may open with the other speaker).
+        """
+        now = self.clock() if when is None else when
+        async with self.store.write() as db:
+            user_pk = await _upsert_user(db, platform, user_id, display_name, now)
+            chat_pk = await _upsert_chat(db, platform, chat_id, chat_kind, "", now)
+            session_id, new = await self._current_session(db, user_pk, chat_pk, chat_kind, now)
+        return Recorded(user_pk, chat_pk, session_id, 0, chat_kind in PRIVATE_KINDS, False, new)
+
     async def _current_session(
         self, db: aiosqlite.Connection, user_pk: int, chat_pk: int, chat_kind: str, now: float
     ) -> tuple[int, bool]:

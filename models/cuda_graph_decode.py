@@ -14,6 +14,8 @@ shapes and fixed memory addresses, hence:
 
 Finished rows cannot leave a captured batch; they keep running on their last
 token and their logits are ignored (cheap on GPU, and the batch only ever shrinks).
+Calls are serialised by one module lock: runners (cache + graph) are shared
+state, and one GPU gains nothing from interleaving two decode loops anyway.
 
 The same code runs without capture (``capture=False``), eagerly, on any device:
 that is how the static-cache bookkeeping is tested on CPU. :func:`try_decode_with_cuda_graphs`

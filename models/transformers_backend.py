@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -128,19 +129,37 @@ class TransformersBackend:
             return []
         try:
             batch = self.encode(prompts)
-            if self.lean_decode and not self.is_seq2seq:
+            # The lean loop has no minimum length; a profile that needs one (GODEL) goes through generate().
+            if self.lean_decode and not self.is_seq2seq and not _min_new_tokens(params):
                 rows = self._lean(batch, params)
             else:
                 rows = self._generate(batch, params)
         except torch.OutOfMemoryError as exc:
             raise BackendError("the model ran out of memory") from exc
-        results = []
-        for row in rows:
-            text = self.tokenizer.decode(row, skip_special_tokens=True)
-            for stop in params.stop:
-                if stop and stop in text:
-                    text = text.split(stop, 1)[0]
-            results.append(Generation(text=text, new_tokens=len(row)))
+        results = [self._finish(row, params) for row in rows]
+        return self._retry_empty(prompts, params, results)
+
+    def _finish(self, row: list[int], params: GenParams) -> Generation:
+        text = self.tokenizer.decode(row, skip_special_tokens=True)
+        for stop in params.stop:
+            if stop and stop in text:
+                text = text.split(stop, 1)[0]
+        return Generation(text=text, new_tokens=len(row))
+
+    def _retry_empty(self, prompts: Sequence[Prompt], params: GenParams, results: list[Generation]) -> list[Generation]:
+        """Sample again the rows that came back empty, when the profile asks for it (DialoGPT)."""
+        retries = int(getattr(params, "retry_empty", 0) or 0)
+        if not retries or not params.do_sample:
+            return results
+        results = list(results)
+        for attempt in range(1, retries + 1):
+            empty = [i for i, r in enumerate(results) if not r.text.strip()]
+            if not empty:
+                break
+            again = replace(params, retry_empty=0, seed=None if params.seed is None else params.seed + attempt)
+            log.debug("retrying %d empty output(s), attempt %d", len(empty), attempt)
+            for i, generation in zip(empty, self.generate([prompts[i] for i in empty], again), strict=True):
+                results[i] = generation
         return results
 
     def stream(self, prompt: Prompt, params: GenParams, on_text: Callable[[str], None]) -> Generation:
@@ -159,11 +178,12 @@ class TransformersBackend:
         batch = self.encode([prompt])
         rows = self._generate(batch, params, streamer=_Streamer(tokenizer, skip_prompt=not self.is_seq2seq,
                                                                  skip_special_tokens=True))
-        text = tokenizer.decode(rows[0], skip_special_tokens=True)
-        for stop in params.stop:
-            if stop and stop in text:
-                text = text.split(stop, 1)[0]
-        return Generation(text=text, new_tokens=len(rows[0]))
+        result = self._finish(rows[0], params)
+        if not result.text.strip():
+            result = self._retry_empty([prompt], params, [result])[0]
+            if result.text.strip():
+                on_text(result.text)
+        return result
 
     def _lean(self, batch: Any, params: GenParams) -> list[list[int]]:
         from models.decode import DecodeParams, decode
@@ -198,6 +218,8 @@ class TransformersBackend:
             kwargs["repetition_penalty"] = params.repetition_penalty
         if params.no_repeat_ngram_size:
             kwargs["no_repeat_ngram_size"] = params.no_repeat_ngram_size
+        if _min_new_tokens(params):
+            kwargs["min_new_tokens"] = _min_new_tokens(params)
         with torch.inference_mode():
             out = self.model.generate(**batch, **kwargs)
         # seq2seq output starts with the decoder start token; causal output repeats the prompt.
@@ -215,3 +237,8 @@ class TransformersBackend:
 
     def close(self) -> None:
         self.model = None
+
+
+def _min_new_tokens(params: GenParams) -> int:
+    """`ProfileParams.min_new_tokens` (GODEL's min_length); 0 for plain GenParams."""
+    return int(getattr(params, "min_new_tokens", 0) or 0)

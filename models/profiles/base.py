@@ -6,11 +6,12 @@ store, so the same profile serves the bot, the jobs and the benchmark.
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 from models.base import GenParams, Prompt
 
@@ -103,6 +104,77 @@ class Profile(Protocol):
     def memory_params(self, max_new_tokens: int, attempt: int) -> GenParams: ...
 
     def clean_reply(self, raw: str) -> str: ...
+
+
+MEMORY_TASKS = frozenset({Task.SESSION_MEMORY, Task.COMPRESS})
+
+
+def can_write_memories(profile: Profile) -> bool:
+    """Whether a profile can do both memory jobs (task 1 and task 2)."""
+    return MEMORY_TASKS <= frozenset(profile.tasks)
+
+
+def estimate_tokens(text: str) -> int:
+    """A tokenizer-free token count that errs high: ~4 characters per token for ASCII text, one token per
+    other character (a CJK character is one to two tokens in LLaMA-style vocabularies), never fewer than
+    the number of words. Used when a profile is not bound to the model's tokenizer (e.g. a model server)."""
+    if not text:
+        return 0
+    ascii_chars = sum(1 for ch in text if ord(ch) < 128)
+    return max(math.ceil(ascii_chars / 4) + (len(text) - ascii_chars), len(text.split()))
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    """What a profile may know about its model: a token counter, the EOS token's text and the context size.
+
+    `exact` says whether `count_tokens` is the model's own tokenizer or an estimate.
+    """
+
+    count_tokens: Callable[[str], int] = estimate_tokens
+    eos_token: str | None = None
+    max_positions: int | None = None
+    exact: bool = False
+
+    @classmethod
+    def from_backend(cls, backend: Any) -> TokenizerInfo:
+        tokenizer = getattr(backend, "tokenizer", None)
+        count = getattr(backend, "count_tokens", None)
+        return cls(
+            count_tokens=count if callable(count) else estimate_tokens,
+            eos_token=getattr(tokenizer, "eos_token", None) if tokenizer is not None else None,
+            max_positions=getattr(backend, "max_positions", None),
+            exact=tokenizer is not None,
+        )
+
+
+def bind_profile(profile: Profile, backend: Any) -> Profile:
+    """Give a profile that wants it (a `bind(info)` method) the backend's tokenizer facts; others are untouched."""
+    bind = getattr(profile, "bind", None)
+    if callable(bind) and backend is not None:
+        bind(TokenizerInfo.from_backend(backend))
+    return profile
+
+
+@dataclass(frozen=True)
+class ProfileParams(GenParams):
+    """Generation settings some seed formats need beyond GenParams.
+
+    `min_new_tokens`: no end-of-sequence before this many tokens (GODEL's card: min_length=8).
+    `retry_empty`: sample again, up to this many times, a row whose text comes back empty (DialoGPT).
+    Backends that know these fields honour them (read with getattr); the others ignore them.
+    """
+
+    min_new_tokens: int = 0
+    retry_empty: int = 0
+
+
+def first_line(text: str) -> str:
+    """The first non-empty line, stripped; "" when there is none."""
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
 
 
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
