@@ -92,6 +92,9 @@ class ContextBuilder:
     strategy: str = "hybrid"
     budget: int = 1024
     retrieval_k: int = 8
+    memory_share: float = 0.4
+    neighbours: bool = True
+    passage_tokens: int = 80
 
     async def build(
         self, *, user_pk: int, user_name: str, session_id: int, include_private: bool, query: str
@@ -119,7 +122,9 @@ class ContextBuilder:
             scope = "all" if include_private else "public"
             cm = await latest_compressive(self.store, user_pk, scope)
             if cm is not None:
-                share = (budget - turn_reserve) if self.strategy == "compressive" else (budget - turn_reserve) // 2
+                share = (budget - turn_reserve) if self.strategy == "compressive" else int(
+                    (budget - turn_reserve) * self.memory_share
+                )
                 memory = cm.render(max(share, 0), count, query)
                 budget -= count(memory)
         if self.strategy == "hybrid" and self.retrieval_k > 0:
@@ -129,10 +134,26 @@ class ContextBuilder:
                 self.store, user_pk, query, limit=wanted * 2,
                 exclude_session=session_id, include_private=include_private,
             )
+            names = {"user": user_name, "bot": self.bot_name}
+            used_ids: set[int] = set()
             for item in found:
-                speaker = user_name if item.author == "user" else self.bot_name
+                if item.message_id in used_ids:
+                    continue
+                used_ids.add(item.message_id)
                 # Relative dates get the absolute date they meant, from the turn's own date.
-                line = f"[{format_date(item.created)}] {speaker}: {resolve_relative(item.text, item.created)}"
+                text = _cut_to(resolve_relative(item.text, item.created), self.passage_tokens, count)
+                line = f"[{format_date(item.created)}] {names[item.author]}: {text}"
+                if self.neighbours:
+                    # The answer to a hit is often the other speaker's next turn.
+                    nxt = await self.store.fetchone(
+                        "SELECT id, author, text, created FROM messages WHERE session_id = ? AND id > ? "
+                        "ORDER BY id LIMIT 1",
+                        (item.session_id, item.message_id),
+                    )
+                    if nxt is not None and nxt[1] != item.author and int(nxt[0]) not in used_ids:
+                        used_ids.add(int(nxt[0]))
+                        reply = _cut_to(resolve_relative(str(nxt[2]), float(nxt[3])), self.passage_tokens, count)
+                        line += f" | {names[str(nxt[1])]}: {reply}"
                 cost = count(line) + 1
                 if cost > budget - turn_reserve:
                     continue

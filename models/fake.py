@@ -75,6 +75,7 @@ def default_response(prompt: Prompt) -> str:
         transcript = [ln for ln in lines if ": " in ln and ln.strip()]
         return "\n".join(f"- {ln.split(': ', 1)[0]} said {ln.split(': ', 1)[1]}" for ln in transcript) or "-"
     if prompt.task == "compress":
-        notes = [ln[2:] for ln in body.splitlines() if ln.startswith("- ")]
-        return " ".join(notes) or "Nothing known yet."
+        # Like a real model, its output is bounded: the newest notes, at most 400 characters.
+        notes = [ln[2:] for ln in body.splitlines() if ln.startswith("- (")]
+        return " ".join(notes)[-400:].strip() or "Nothing known yet."
     return "echo: " + body.strip()

@@ -203,7 +203,7 @@ class OpenAIBackend:
         with self._lock:
             if self.model:
                 return self.model
-            data = self._with_retries(lambda: self._json(self._client.get("models")))
+            data = self._with_retries(lambda: self._json(self._get("models")))
             try:
                 self.model = str(data["data"][0]["id"])
             except (KeyError, IndexError, TypeError) as exc:
@@ -275,6 +275,12 @@ class OpenAIBackend:
             log.warning("the model server rejects %s; sending plain OpenAI settings from now on", ", ".join(named))
             self._extras_ok = False
             return send({k: v for k, v in payload.items() if k not in extras})
+
+    def _get(self, path: str) -> httpx.Response:
+        try:
+            return self._client.get(path)
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from exc
 
     def _post(self, path: str, payload: dict[str, Any]) -> httpx.Response:
         try:

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import re
 import sys
-import tempfile
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -114,10 +115,13 @@ async def replay_conversation(
     memory_max_new_tokens: int,
     answer_params: GenParams,
     progress: Any = None,
+    builder_options: dict[str, Any] | None = None,
+    reuse: bool = False,
 ) -> ReplayResult:
     result = ReplayResult(conv.sample_id)
     clock = _Clock()
     store = await Store.open(db_path)
+    replayed_key = f"locomo_replayed:{limit_sessions or 0}"
     try:
         sessions = SessionManager(store, inactivity_timeout=10**9, clock=clock)
         counter = _CountingGenerator(worker)
@@ -127,7 +131,15 @@ async def replay_conversation(
         chat = f"locomo:{conv.sample_id}"
         started = time.perf_counter()
         last = None
-        for session in conv.sessions[: limit_sessions or None]:
+        done = await store.get_kv(replayed_key) if reuse else None
+        if done is not None:  # memory already built by an earlier run: re-score only
+            cost = json.loads(done)
+            result.memory_calls, result.memory_tokens = cost["calls"], cost["tokens"]
+            result.memory_seconds = cost["seconds"]
+            clock.now = conv.sessions[: limit_sessions or None][-1].when.timestamp() + 86400
+            if progress is not None:
+                progress.update(len(conv.sessions[: limit_sessions or None]))
+        for session in conv.sessions[: limit_sessions or None] if done is None else []:
             base = session.when.timestamp()
             for i, turn in enumerate(session.turns):
                 clock.now = base + i * 30
@@ -151,8 +163,11 @@ async def replay_conversation(
             result.jobs.add(report.compressions)
             if progress is not None:
                 progress.update(1)
-        result.memory_seconds = time.perf_counter() - started
-        result.memory_calls, result.memory_tokens = counter.calls, counter.tokens
+        if done is None:
+            result.memory_seconds = time.perf_counter() - started
+            result.memory_calls, result.memory_tokens = counter.calls, counter.tokens
+            await store.set_kv(replayed_key, json.dumps(
+                {"calls": counter.calls, "tokens": counter.tokens, "seconds": result.memory_seconds}))
 
         questions = questions_within(conv, limit_sessions)[: limit_questions or None]
         clock.now += 86400
@@ -166,7 +181,7 @@ async def replay_conversation(
                 for budget in budgets:
                     builder = ContextBuilder(store=store, count_tokens=worker.count_tokens, bot_name=conv.speaker_b,
                                              persona=f"You are {conv.speaker_b}, talking with your friend {user}.",
-                                             strategy=strategy, budget=budget)
+                                             strategy=strategy, budget=budget, **(builder_options or {}))
                     item = await builder.build(user_pk=rec.user_pk, user_name=user, session_id=rec.session_id,
                                                include_private=True, query=q.question)
                     ctx = context_text(item)
@@ -214,6 +229,8 @@ async def run_locomo(
     answer_max_new_tokens: int = 24,
     meta: dict[str, Any] | None = None,
     show_progress: bool = True,
+    builder_options: dict[str, Any] | None = None,
+    reuse: bool = False,
 ) -> dict[str, Any]:
     from tqdm import tqdm
 
@@ -226,7 +243,10 @@ async def run_locomo(
     total = sum(len(c.sessions[: limit_sessions or None]) + len(questions_within(c, limit_sessions)[: limit_questions or None])
                 for c in convs)
     await asyncio.to_thread(out.mkdir, parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="locomo-", dir=out))
+    workdir = out / "databases"
+    if not reuse and workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(exist_ok=True)
     started = time.perf_counter()
     answer_params = GenParams(max_new_tokens=answer_max_new_tokens, repetition_penalty=1.1)
     with tqdm(total=total, desc="locomo", unit="step", file=sys.stderr, disable=not show_progress) as bar:
@@ -236,6 +256,7 @@ async def run_locomo(
                 strategies=strategies, budgets=budgets, answer_budgets=answer_budgets,
                 limit_sessions=limit_sessions, limit_questions=limit_questions, batch_size=batch_size,
                 memory_max_new_tokens=memory_max_new_tokens, answer_params=answer_params, progress=bar,
+                builder_options=builder_options, reuse=reuse,
             )
             for c in convs
         ))
@@ -277,6 +298,7 @@ async def run_locomo_cli(settings: Any, args: argparse.Namespace) -> int:
             conversations=convs, strategies=strategies, budgets=budgets, answer_budgets=answer_budgets,
             limit_sessions=args.limit_sessions, limit_questions=args.limit_questions,
             batch_size=settings.jobs.batch_size, memory_max_new_tokens=settings.model.memory_max_new_tokens,
+            reuse=args.reuse,
             meta={"command": "membot " + " ".join(sys.argv[1:]) if sys.argv else "", "cpus": os.cpu_count()},
         )
     finally:

@@ -52,7 +52,20 @@ DEFAULT_CONTEXT = 2048
 RESERVE = 128
 TEMPERATURE = 0.2
 
-_EVIDENCE = re.compile(r"^\[(?P<date>[^\]]*)\]\s*(?P<speaker>[^:]+):\s?(?P<text>.*)$", re.S)
+_DATED = re.compile(r"^\[[^\]]*\]\s*")
+
+
+def evidence_turns(line: str, speakers: Sequence[str]) -> list[tuple[str, str]]:
+    """`[date] Ann: text | Bot: next turn` (memory.context's evidence line) → [(Ann, text), (Bot, next turn)]."""
+    rest = _DATED.sub("", line, count=1)
+    names = "|".join(re.escape(s) for s in sorted(set(speakers), key=len, reverse=True) if s)
+    if not names:
+        return [("", rest)]
+    turns: list[tuple[str, str]] = []
+    for piece in re.split(rf" \| (?=(?:{names}): )", rest):
+        match = re.match(rf"^({names}): ?(.*)$", piece, re.S)
+        turns.append((match.group(1), match.group(2)) if match else ("", piece))
+    return turns
 
 
 def turn_line(speaker: str, text: str) -> str:
@@ -99,8 +112,7 @@ class DialRetProfile:
         if item.evidence:
             lines = []
             for line in item.evidence:
-                match = _EVIDENCE.match(line)
-                lines.append(turn_line(match["speaker"].strip(), match["text"]) if match else turn_line("", line))
+                lines.extend(turn_line(speaker, text) for speaker, text in evidence_turns(line, (item.user_name, item.bot_name)))
             blocks.append("".join(lines))
         if item.memory.strip():
             blocks.append(SUMMARY_LINE.format(text=" ".join(item.memory.split())))

@@ -6,6 +6,7 @@ memory jobs wait (nothing is lost); and the whole `membot chat` path with `backe
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import socket
@@ -154,6 +155,12 @@ def test_a_down_server_raises_backend_error_quickly() -> None:
     finally:
         backend.close()
     assert time.monotonic() - started < 5
+    unnamed = OpenAIBackend(f"http://127.0.0.1:{_free_port()}/v1", None, backoff=0.01, max_retries=1)
+    try:
+        with pytest.raises(BackendError, match="cannot reach"):  # asking the server for its model name
+            unnamed.generate([_chat("hi")], GREEDY)
+    finally:
+        unnamed.close()
 
 
 def test_a_slow_server_times_out_without_retrying(server: FakeOpenAIServer) -> None:
@@ -223,7 +230,7 @@ def test_streaming_grows_the_text(server: FakeOpenAIServer) -> None:
     finally:
         backend.close()
     assert out.text == "echo: one two three"
-    assert seen[-1] == out.text and len(seen) == 4 and all(b.startswith(a) for a, b in zip(seen, seen[1:]))
+    assert seen[-1] == out.text and len(seen) == 4 and all(b.startswith(a) for a, b in itertools.pairwise(seen))
     assert server.posts()[0].body["stream"] is True
 
 

@@ -277,10 +277,11 @@ def test_dialret_cuts_whole_sessions_from_the_oldest(tiny: Tiny) -> None:
 
 def test_dialret_maps_memory_and_evidence_into_past_sessions() -> None:
     item = _reply(turns=(("user", "Do you remember my cat?"),), memory="Profile: Ann likes cats.\nEvents:\nx",
-                  evidence=("[3 March 2024] Ann: I have a cat called Pixel.", "[3 March 2024] Membot: Lovely!"))
+                  evidence=("[3 March 2024] Ann: I have a cat called Pixel. | Membot: Lovely!",
+                            "[4 March 2024] Ann: a | b: c"))
     text = DialRetProfile().reply_prompt(item).text
     assert "a 3 session dialogues" in text
-    assert "```\nDialogue Session #1:\nAnn:I have a cat called Pixel.\nMembot:Lovely!\n```" in text
+    assert "```\nDialogue Session #1:\nAnn:I have a cat called Pixel.\nMembot:Lovely!\nAnn:a | b: c\n```" in text
     assert "```\nDialogue Session #2:\nDialogue Session Summary: Profile: Ann likes cats. Events: x\n```" in text
     assert "```\nDialogue Session #3:\nAnn:Do you remember my cat?\nMembot: ###\n```" in text
 

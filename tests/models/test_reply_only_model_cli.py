@@ -35,7 +35,9 @@ def test_dialogpt_replies_and_embedded_memory_model(tmp_path: Path, embedded_cac
         f'[model]\nbackend = "transformers"\nname = "{gpt2}"\nprofile = "dialogpt"\ndevice = "cpu"\n'
         "max_new_tokens = 8\n"
         f'[memory_model]\nbackend = "embedded"\nprofile = "chat"\ncache_dir = "{embedded_cache}"\n'
-        'device = "cpu"\nmemory_max_new_tokens = 96\n'
+        'device = "cpu"\nmemory_max_new_tokens = 40\n'
+        # one attempt: a malformed output is replaced by the extractive fallback at once (keeps the test short)
+        '[jobs]\nmax_attempts = 1\n'
         f'[memory]\nstrategy = "recent"\n[storage]\npath = "{db}"\n[logging]\nlevel = "WARNING"\n'
     )
     env = {**os.environ, "PYTHONPATH": str(REPO), "MEMBOT_CONFIG": str(config), "HF_HUB_OFFLINE": "1"}
@@ -58,6 +60,6 @@ def test_dialogpt_replies_and_embedded_memory_model(tmp_path: Path, embedded_cac
         versions = conn.execute("SELECT model FROM compressive_memories").fetchall()
         replies = conn.execute("SELECT COUNT(*) FROM messages WHERE author = 'bot'").fetchone()[0]
     assert model == MODEL_NAME and json.loads(facts)  # written by the embedded model, not by DialoGPT
-    assert source in ("model", "fallback")
+    assert source in ("model", "fallback")  # the tiny model's random replies are in the transcript it reads
     assert versions and all(v[0] == MODEL_NAME for v in versions)
     assert replies == 2

@@ -54,7 +54,7 @@ async def bot(start_bot: StartBot) -> TelegramAdapter:
 
 
 async def say(server: FakeTelegramServer, send: Callable[[], object], chat_id: int, *,
-              method: str = "sendMessage", timeout: float = 10) -> ApiCall:
+              method: str = "sendMessage", timeout: float = 10) -> ApiCall:  # noqa: ASYNC109
     """Do `send()` (queue an update) and return the bot's answer to `chat_id`."""
     mark = len(server.calls)
     send()

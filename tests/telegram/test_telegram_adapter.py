@@ -6,6 +6,7 @@ Every test feeds updates through getUpdates (or the webhook) and asserts on the 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import socket
 import time
@@ -322,14 +323,14 @@ async def test_typing_at_once_and_repeated_until_the_reply_is_sent(
     bot = await start_bot()
     bot.typing_interval = 0.25
     fake_backend.delay = 0.9
+    pushed = time.time()
     fake_telegram.send_private_text(USER, "think slowly")
-    delivered = (await fake_telegram.wait_for_call("getUpdates", lambda c: bool(c.response), done=True)).time
     reply = await fake_telegram.wait_for_call("sendMessage", done=True)
     await asyncio.sleep(0.4)  # longer than the typing interval: no typing after the reply
     typing = fake_telegram.calls_of("sendChatAction")
-    assert typing[0].time - delivered < 0.5
+    assert typing[0].time - pushed < 0.5
     assert len(typing) >= 3 and all(c.seq < reply.seq for c in typing)
-    gaps = [b.time - a.time for a, b in zip(typing, typing[1:], strict=False)]
+    gaps = [b.time - a.time for a, b in itertools.pairwise(typing)]
     assert all(g >= 0.2 for g in gaps)
 
 
@@ -356,36 +357,61 @@ async def test_a_slow_chat_does_not_block_others_and_each_chat_stays_in_order(
     assert server.sent_texts(USER) == ["echo: first", "echo: second"]
 
 
-class _StreamingDispatcher:
-    """Stands in for the core: calls on_partial with a growing text every 0.1 s, like a streaming model."""
+async def test_streaming_grows_the_reply_in_place_at_most_once_a_second(
+    start_bot: StartBot, fake_telegram: FakeTelegramServer, fake_backend: FakeBackend, app: App
+) -> None:
+    await start_bot(streaming=True)
+    final = " ".join(f"word{i}" for i in range(24)) + "."
+    fake_backend.responder = lambda prompt: final
+    fake_backend.stream_delay = 0.1  # the fake model streams word by word over ~2.4 s
+    fake_telegram.send_private_text(USER, "stream please")
+    sent = await fake_telegram.wait_for_call("sendMessage", done=True)
+    await fake_telegram.wait_for_call("editMessageText", lambda c: c.params["text"] == final, done=True, timeout=8)
+    updates = [sent, *fake_telegram.calls_of("editMessageText")]
+    assert len(fake_telegram.calls_of("sendMessage")) == 1 and len(updates) >= 3
+    assert all(c.ok for c in updates) and "parse_mode" not in sent.params
+    assert all(b.time - a.time >= 0.99 for a, b in itertools.pairwise(updates))
+    assert sent.params["text"].startswith("word0") and sent.params["text"] != final
+    assert fake_telegram.get_message(USER, sent.response["message_id"])["text"] == final
+    assert await app.store.scalar("SELECT text FROM messages WHERE author = 'bot'") == final
 
-    def __init__(self, words: list[str], final: str) -> None:
-        self.words, self.final = words, final
+
+class _StreamingDispatcher:
+    """Stands in for the core: calls on_partial with a growing text, then returns `final`."""
+
+    def __init__(self, partials: list[str], final: Reply) -> None:
+        self.partials, self.final = partials, final
 
     async def handle(self, msg: IncomingMessage, *, on_partial=None) -> Reply:
         assert on_partial is not None
-        for i in range(1, len(self.words) + 1):
-            await on_partial(" ".join(self.words[:i]))
-            await asyncio.sleep(0.1)
-        return Reply(self.final)
+        for text in self.partials:
+            await on_partial(text)
+            await asyncio.sleep(0.03)
+        return self.final
 
 
-async def test_streaming_grows_the_reply_in_place_at_most_once_a_second(
+async def test_streamed_reply_past_4096_characters_continues_in_new_messages(
     start_bot: StartBot, fake_telegram: FakeTelegramServer
 ) -> None:
     bot = await start_bot(streaming=True)
-    words = [f"word{i}" for i in range(22)]
-    final = " ".join(words) + "."
-    bot.dispatcher = _StreamingDispatcher(words, final)  # type: ignore[assignment]
-    fake_telegram.send_private_text(USER, "stream please")
-    sent = await fake_telegram.wait_for_call("sendMessage", done=True)
-    await fake_telegram.wait_for_call("editMessageText", lambda c: c.params["text"] == final, done=True, timeout=6)
-    updates = [sent, *fake_telegram.calls_of("editMessageText")]
-    assert len(fake_telegram.calls_of("sendMessage")) == 1 and len(updates) >= 3
-    assert all(c.ok for c in updates)
-    assert all(b.time - a.time >= 0.99 for a, b in zip(updates, updates[1:], strict=False))
-    assert fake_telegram.get_message(USER, sent.response["message_id"])["text"] == final
-    assert sent.params["text"].startswith("word0") and sent.params["text"] != final
+    bot.edit_interval = 0.05
+    long_text = "\n\n".join(f"Part {i}. " + "la " * 600 for i in range(5)).replace(" \n", "\n").strip()
+    bot.dispatcher = _StreamingDispatcher([long_text[:n] for n in (100, 3000, 6000)], Reply(long_text))
+    fake_telegram.send_private_text(USER, "a long one")
+    await fake_telegram.wait_for_calls("sendMessage", 3, done=True)
+    await asyncio.sleep(0.2)
+    sent = fake_telegram.calls_of("sendMessage")
+    assert len(sent) == 3 and all(c.ok for c in sent)
+    first = fake_telegram.get_message(USER, sent[0].response["message_id"])["text"]
+    assert "\n\n".join([first, *(c.params["text"] for c in sent[1:])]) == long_text
+    assert all(len(c.params["text"]) <= MAX_TEXT for c in fake_telegram.calls_of("editMessageText"))
+
+    # A reply that ends up silent (the person was forgotten meanwhile) takes its partial text back.
+    bot.dispatcher = _StreamingDispatcher(["Hello the", "Hello there"], Reply("", kind="none"))
+    mark = len(fake_telegram.calls)
+    fake_telegram.send_private_text(USER, "and forget me")
+    deleted = await fake_telegram.wait_for_call("deleteMessage", start=mark, done=True)
+    assert deleted.ok and fake_telegram.get_message(USER, deleted.params["message_id"]) is None
 
 
 # -- webhook --------------------------------------------------------------------------------------
@@ -426,7 +452,7 @@ async def test_webhook_mode_receives_updates_with_the_secret(
 
 async def test_webhook_mode_needs_its_url_and_secret(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
     app.settings.telegram = TelegramSettings(mode="webhook")
-    with pytest.raises(ConfigError, match="telegram.webhook_url"):
+    with pytest.raises(ConfigError, match=r"telegram\.webhook_url"):
         TelegramAdapter(app, "123:ABC")
     monkeypatch.delenv("MISSING_TG_SECRET", raising=False)
     app.settings.telegram = TelegramSettings(mode="webhook", webhook_url="https://x.invalid/h",
