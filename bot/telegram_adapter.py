@@ -20,11 +20,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dtm
+import json
 import logging
 import os
 import re
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
@@ -56,6 +57,8 @@ from bot.config import ConfigError, TelegramSettings
 from bot.dispatcher import ADMIN_COMMANDS, USER_COMMANDS
 from bot.incoming import IncomingMessage, Reply
 from bot.text import split_message
+from memory import inbox
+from memory.store import Store
 
 if TYPE_CHECKING:
     from bot.app import App
@@ -116,13 +119,23 @@ class ChatOrderedProcessor(BaseUpdateProcessor):
 
     PTB starts one task per update in the order Telegram delivered them; each task takes its chat's lock
     (FIFO) before the handlers run, so a chat's second message waits for its first while other chats go on.
+    `on_done(update)` runs when an update has been handled (the adapter clears it from the inbox).
     """
 
-    def __init__(self, max_concurrent_updates: int = 256) -> None:
+    def __init__(self, max_concurrent_updates: int = 256,
+                 on_done: Callable[[object], Awaitable[None]] | None = None) -> None:
         super().__init__(max_concurrent_updates)
         self._locks: dict[int, tuple[asyncio.Lock, int]] = {}
+        self.on_done = on_done
 
     async def do_process_update(self, update: object, coroutine: Awaitable[Any]) -> None:
+        try:
+            await self._in_chat_order(update, coroutine)
+        finally:
+            if self.on_done is not None:
+                await self.on_done(update)
+
+    async def _in_chat_order(self, update: object, coroutine: Awaitable[Any]) -> None:
         key = _chat_key(update)
         if key is None:
             await coroutine
@@ -144,6 +157,35 @@ class ChatOrderedProcessor(BaseUpdateProcessor):
 
     async def shutdown(self) -> None:
         pass
+
+
+class InboxQueue(asyncio.Queue):  # type: ignore[type-arg]
+    """PTB's update queue, except that an update is committed to the inbox (memory/inbox.py) before it is
+    queued. PTB tells Telegram it has the updates (the next getUpdates' offset, or the webhook's 200) only
+    after queueing them, so a crash can no longer lose a message Telegram will not send again."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__()
+        self.store = store
+        self.replayed: set[int] = set()
+
+    async def replay(self, update: Update) -> None:
+        """Queue an update kept by an earlier run; if Telegram sends it again too, that copy is skipped."""
+        self.replayed.add(update.update_id)
+        await super().put(update)
+
+    async def put(self, item: object) -> None:
+        if isinstance(item, Update):
+            if item.update_id in self.replayed:
+                self.replayed.discard(item.update_id)
+                return
+            user = item.effective_user
+            try:
+                await inbox.keep(self.store, PLATFORM, item.update_id, str(user.id) if user else None,
+                                 item.to_json())
+            except Exception as exc:  # e.g. disk full: still handle it, as PTB alone would
+                log.error("Telegram: could not keep update %d before confirming it: %s", item.update_id, exc)
+        await super().put(item)
 
 
 class RateLimiter(AIORateLimiter):
@@ -251,8 +293,9 @@ class TelegramAdapter:
         builder = (
             ApplicationBuilder()
             .token(token)
-            .concurrent_updates(ChatOrderedProcessor())
+            .concurrent_updates(ChatOrderedProcessor(on_done=self._handled))
             .rate_limiter(RateLimiter(max_retries=3))
+            .update_queue(InboxQueue(app.store))
         )
         if self.settings.base_url:
             builder = builder.base_url(self.settings.base_url)
@@ -290,6 +333,7 @@ class TelegramAdapter:
         try:
             await self.register_commands()
             await self.application.start()
+            await self._replay_inbox()
             updater = self.application.updater
             assert updater is not None
             if self._webhook is not None:
@@ -315,6 +359,28 @@ class TelegramAdapter:
         if self.application.running:
             await self.application.stop()
         await self.application.shutdown()
+
+    async def _replay_inbox(self) -> None:
+        """Updates a crash (or kill) left unhandled go first; messages already stored are not stored again."""
+        rows = await inbox.pending(self.app.store, PLATFORM)
+        for update_id, payload in rows:
+            try:
+                update = Update.de_json(json.loads(payload), self.bot)
+            except Exception as exc:  # unreadable: nothing to do with it
+                log.warning("Telegram: dropping unreadable kept update %d: %s", update_id, exc)
+                await inbox.done(self.app.store, PLATFORM, update_id)
+                continue
+            queue = self.application.update_queue
+            await (queue.replay(update) if isinstance(queue, InboxQueue) else queue.put(update))
+        if rows:
+            log.info("Telegram: handling %d update(s) received before the last stop", len(rows))
+
+    async def _handled(self, update: object) -> None:
+        if isinstance(update, Update):
+            try:
+                await inbox.done(self.app.store, PLATFORM, update.update_id)
+            except Exception as exc:
+                log.warning("Telegram: could not clear handled update %d: %s", update.update_id, exc)
 
     async def register_commands(self) -> None:
         """The menu: user commands for everyone, plus the admin commands in each admin's private chat."""

@@ -22,7 +22,22 @@ async def forget_user(store: Store, user_pk: int) -> dict[str, int]:
             async with db.execute(f"SELECT COUNT(*) FROM {table} WHERE user_id = ?", (user_pk,)) as cur:
                 row = await cur.fetchone()
             counts[table] = int(row[0]) if row else 0
+        async with db.execute("SELECT platform, platform_user_id FROM users WHERE id = ?", (user_pk,)) as cur:
+            user = await cur.fetchone()
+        # A private chat belongs to the person (its id is often theirs, or holds their name on the console).
+        async with db.execute(
+            "SELECT DISTINCT s.chat_id FROM sessions s JOIN chats c ON c.id = s.chat_id "
+            "WHERE s.user_id = ? AND c.kind IN ('dm', 'console')",
+            (user_pk,),
+        ) as cur:
+            private_chats = [int(r[0]) for r in await cur.fetchall()]
         await db.execute("DELETE FROM users WHERE id = ?", (user_pk,))
+        await db.executemany(
+            "DELETE FROM chats WHERE id = ? AND NOT EXISTS (SELECT 1 FROM sessions WHERE chat_id = chats.id)",
+            [(c,) for c in private_chats],
+        )
+        if user is not None:  # updates from them not handled yet (memory/inbox.py)
+            await db.execute("DELETE FROM inbox WHERE platform = ? AND user_id = ?", (user[0], user[1]))
         await db.execute("INSERT INTO messages_fts(messages_fts) VALUES ('rebuild')")
     await store.checkpoint()
     return counts
@@ -64,6 +79,9 @@ async def export_user(store: Store, user_pk: int) -> dict[str, Any]:
         "FROM compressive_memories WHERE user_id = ? ORDER BY scope, version",
         (user_pk,),
     )
+    outputs = await store.fetchall(
+        "SELECT task, raw, reason, created FROM model_outputs WHERE user_id = ? ORDER BY id", (user_pk,)
+    )
     return {
         "user": {"platform": user[0], "id": user[1], "display_name": user[2], "first_seen": format_datetime(user[3])},
         "sessions": out_sessions,
@@ -72,5 +90,9 @@ async def export_user(store: Store, user_pk: int) -> dict[str, Any]:
              "source_sessions": json.loads(v[5]), "model": v[6], "flagged": bool(v[7]),
              "created": format_datetime(v[8])}
             for v in versions
+        ],
+        # Model outputs about the person that could not be used (kept raw for inspection and retries).
+        "flagged_model_outputs": [
+            {"task": o[0], "raw": o[1], "reason": o[2], "created": format_datetime(o[3])} for o in outputs
         ],
     }

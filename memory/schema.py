@@ -127,6 +127,18 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE chats ADD COLUMN always_reply INTEGER NOT NULL DEFAULT 0;
     """,
+    # 3: platform updates received but not yet handled, kept so a crash cannot lose one the platform was
+    # told we had (see memory/inbox.py).
+    """
+    CREATE TABLE inbox (
+        platform TEXT NOT NULL,
+        update_id INTEGER NOT NULL,
+        user_id TEXT,
+        payload TEXT NOT NULL,
+        received REAL NOT NULL,
+        PRIMARY KEY (platform, update_id)
+    );
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -16,8 +16,8 @@ import asyncio
 import json
 import os
 import re
-import sys
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
