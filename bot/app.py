@@ -7,6 +7,7 @@ same object, so they all exercise the same path.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from bot.config import Settings
 from bot.dispatcher import Dispatcher, ReplySettings
+from bot.text import redact_in_logs
 from memory.context import ContextBuilder
 from memory.jobs import JobRunner, build_scheduler
 from memory.sessions import SessionManager
@@ -47,6 +49,9 @@ class App:
         memory_backend: Backend | None = None,
         clock: Callable[[], float] = time.time,
     ) -> App:
+        for model in (settings.model, settings.memory_model):
+            if model is not None and model.backend == "openai" and model.api_key_env:
+                redact_in_logs(os.environ.get(model.api_key_env))  # the model server's API key
         store = await Store.open(settings.storage.resolved_path())
         try:
             backend = backend or build_backend(settings.model)
@@ -72,7 +77,7 @@ class App:
             store, sessions, memory_worker, memory_profile, bot_name=settings.bot.name,
             batch_size=settings.jobs.batch_size, max_attempts=settings.jobs.max_attempts,
             max_new_tokens=(settings.memory_model or settings.model).memory_max_new_tokens,
-            retry_backoff=settings.jobs.retry_backoff, clock=clock,
+            retry_backoff=settings.jobs.retry_backoff, retention_days=settings.memory.retention_days, clock=clock,
         )
         context = ContextBuilder(
             store=store, count_tokens=worker.count_tokens, bot_name=settings.bot.name,

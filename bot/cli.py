@@ -59,6 +59,8 @@ def _parser() -> argparse.ArgumentParser:
     locomo.add_argument("--answer-budgets", help="budgets at which answers are generated and scored (default 1024)")
     locomo.add_argument("--reuse", action="store_true",
                         help="reuse the memory databases an earlier run left in OUT/databases (re-score only)")
+    locomo.add_argument("--answer-questions", type=int,
+                        help="generate answers for only the first N questions of each conversation (cost)")
     locomo.add_argument("--no-answers", action="store_true", help="skip answer generation (recall only)")
     locomo.add_argument("--out", required=True, help="output folder")
     return parser

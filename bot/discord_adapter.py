@@ -35,6 +35,7 @@ from discord.http import Route
 
 from bot.dispatcher import ADMIN_COMMANDS, USER_COMMANDS
 from bot.incoming import IncomingMessage, Reply
+from bot.text import redact_in_logs
 from memory.channels import always_reply_chats
 
 if TYPE_CHECKING:
@@ -257,6 +258,7 @@ class DiscordAdapter:
     def __init__(self, app: App, token: str, *, settings: DiscordSettings | None = None) -> None:
         from bot.discord_commands import register_commands
 
+        redact_in_logs(token)
         self.app = app
         self.token = token
         self.settings = settings or app.settings.discord

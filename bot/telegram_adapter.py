@@ -56,7 +56,7 @@ from telegram.ext import (
 from bot.config import ConfigError, TelegramSettings
 from bot.dispatcher import ADMIN_COMMANDS, USER_COMMANDS
 from bot.incoming import IncomingMessage, Reply
-from bot.text import split_message
+from bot.text import redact_in_logs, split_message
 from memory import inbox
 from memory.store import Store
 
@@ -283,6 +283,7 @@ class TelegramAdapter:
     """`membot run` builds it with the shared app and the token, then awaits `start()` and `stop()`."""
 
     def __init__(self, app: App, token: str, *, settings: TelegramSettings | None = None) -> None:
+        redact_in_logs(token)  # PTB logs its Bot API URL, httpx each request URL: both hold the token
         self.app = app
         self.dispatcher = app.dispatcher
         self.settings = settings or app.settings.telegram
@@ -322,6 +323,7 @@ class TelegramAdapter:
             if not secret:
                 raise ConfigError(f"telegram.webhook_secret_env: the environment variable {s.webhook_secret_env} "
                                   "is not set")
+            redact_in_logs(secret)
         return {
             "listen": s.webhook_listen, "port": s.webhook_port, "webhook_url": s.webhook_url,
             "url_path": urlparse(s.webhook_url).path.strip("/"), "secret_token": secret,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import re
+import threading
 import unicodedata
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -55,3 +57,58 @@ def split_message(text: str, limit: int) -> list[str]:
     if rest:
         parts.append(rest)
     return [p for p in parts if p]
+
+
+# -- secrets in logs ------------------------------------------------------------------------------------
+
+REDACTED = "[redacted]"
+_secrets: list[str] = []
+_secrets_lock = threading.Lock()
+_factory_installed = False
+
+
+def redact_in_logs(secret: str | None) -> None:
+    """Keep `secret` (a bot token, an API key) out of every log record from now on, whoever logs it.
+
+    Libraries log URLs that embed bot tokens (python-telegram-bot its Bot API URL at DEBUG, httpx every
+    request at INFO); a log record factory rewrites any record whose text or exception holds a registered
+    secret before a handler sees it.
+    """
+    global _factory_installed
+    if not secret or len(secret) < 6:
+        return
+    with _secrets_lock:
+        if secret not in _secrets:
+            _secrets.append(secret)
+            _secrets.sort(key=len, reverse=True)  # a token before the part of it that is also registered
+        if _factory_installed:
+            return
+        previous = logging.getLogRecordFactory()
+
+        def factory(*args: object, **kwargs: object) -> logging.LogRecord:
+            record = previous(*args, **kwargs)
+            _scrub(record)
+            return record
+
+        logging.setLogRecordFactory(factory)
+        _factory_installed = True
+
+
+def redact(text: str) -> str:
+    for secret in _secrets:
+        text = text.replace(secret, REDACTED)
+    return text
+
+
+def _scrub(record: logging.LogRecord) -> None:
+    secrets = _secrets
+    try:
+        message = record.getMessage()
+    except Exception:  # a malformed record: logging reports it when it is emitted
+        return
+    if any(s in message for s in secrets):
+        record.msg, record.args = redact(message), ()
+    if record.exc_info and record.exc_info[1] is not None:
+        text = logging.Formatter().formatException(record.exc_info)
+        if any(s in text for s in secrets):
+            record.exc_text = redact(text)

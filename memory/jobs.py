@@ -17,6 +17,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from memory.retention import purge_expired
 from memory.sessions import SessionManager
 from memory.store import Store
 from memory.tasks import Generator, TaskReport, compress_memories, write_session_memories
@@ -30,6 +31,7 @@ class JobsReport:
     session_memories: TaskReport
     compressions: TaskReport
     closed_sessions: int = 0
+    purged_messages: int = 0
 
     def summary(self) -> str:
         s, c = self.session_memories, self.compressions
@@ -43,6 +45,8 @@ class JobsReport:
             parts.append(f"{s.malformed + c.malformed} malformed output(s) to retry")
         if s.waiting or c.waiting:
             parts.append(f"{s.waiting + c.waiting} job(s) waiting for the model")
+        if self.purged_messages:
+            parts.append(f"deleted {self.purged_messages} message(s) past the retention period")
         return ", ".join(parts)
 
 
@@ -59,6 +63,7 @@ class JobRunner:
         max_attempts: int = 3,
         max_new_tokens: int = 200,
         retry_backoff: float = 60.0,
+        retention_days: int | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -70,6 +75,7 @@ class JobRunner:
         self.max_attempts = max_attempts
         self.max_new_tokens = max_new_tokens
         self.retry_backoff = retry_backoff
+        self.retention_days = retention_days
         self.clock = clock
         self._lock = asyncio.Lock()
 
@@ -92,27 +98,35 @@ class JobRunner:
         async with self._lock:
             closed = len(await self.sessions.sweep()) if sweep else 0
             memories = TaskReport()
-            seen: set[int] = set()
-            while ids := [i for i in await self._claim("session_memory") if i not in seen]:
-                seen.update(ids)
-                memories.add(await write_session_memories(
-                    self.store, self.generator, self.profile, ids, bot_name=self.bot_name,
-                    max_new_tokens=self.max_new_tokens, max_attempts=self.max_attempts, clock=self.clock,
-                    retry_backoff=self.retry_backoff,
-                ))
-            await self._release(seen)
             compressions = TaskReport()
-            seen = set()
-            while ids := [i for i in await self._claim("compress") if i not in seen]:
-                seen.update(ids)
-                compressions.add(await compress_memories(
-                    self.store, self.generator, self.profile, ids, bot_name=self.bot_name,
-                    max_new_tokens=self.max_new_tokens, max_attempts=self.max_attempts, clock=self.clock,
-                    retry_backoff=self.retry_backoff,
-                ))
-            await self._release(seen)
-            report = JobsReport(memories, compressions, closed)
-            if closed or memories.written or compressions.written or memories.malformed or compressions.malformed:
+            seen: set[int] = set()
+            try:
+                while ids := [i for i in await self._claim("session_memory") if i not in seen]:
+                    seen.update(ids)
+                    memories.add(await write_session_memories(
+                        self.store, self.generator, self.profile, ids, bot_name=self.bot_name,
+                        max_new_tokens=self.max_new_tokens, max_attempts=self.max_attempts, clock=self.clock,
+                        retry_backoff=self.retry_backoff,
+                    ))
+                await self._release(seen)
+                seen = set()
+                while ids := [i for i in await self._claim("compress") if i not in seen]:
+                    seen.update(ids)
+                    compressions.add(await compress_memories(
+                        self.store, self.generator, self.profile, ids, bot_name=self.bot_name,
+                        max_new_tokens=self.max_new_tokens, max_attempts=self.max_attempts, clock=self.clock,
+                        retry_backoff=self.retry_backoff,
+                    ))
+                await self._release(seen)
+            except Exception:
+                # E.g. the disk filled up mid-run: what this run claimed must not stay 'running' (only a restart
+                # would hand it back); it goes back to pending and waits `retry_backoff` before the next try.
+                await self._release(seen, not_before=self.clock() + self.retry_backoff)
+                raise
+            purged = await purge_expired(self.store, self.retention_days, self.clock())
+            report = JobsReport(memories, compressions, closed, purged)
+            if (closed or memories.written or compressions.written or memories.malformed or compressions.malformed
+                    or purged):
                 log.info("memory jobs: %s", report.summary())
             return report
 
@@ -124,6 +138,7 @@ class JobRunner:
             total.closed_sessions += report.closed_sessions
             total.session_memories.add(report.session_memories)
             total.compressions.add(report.compressions)
+            total.purged_messages += report.purged_messages
             due = await self.store.scalar(
                 "SELECT COUNT(*) FROM jobs WHERE state = 'pending' AND not_before <= ?", (self.clock(),)
             )
@@ -131,14 +146,19 @@ class JobRunner:
                 break
         return total
 
-    async def _release(self, ids: set[int]) -> None:
-        """Jobs claimed in this run but left 'running' (none should be) go back to pending."""
+    async def _release(self, ids: set[int], *, not_before: float | None = None) -> None:
+        """Jobs claimed in this run but left 'running' go back to pending (after `not_before`, if given)."""
         if not ids:
             return
-        async with self.store.write() as db:
-            await db.executemany(
-                "UPDATE jobs SET state = 'pending' WHERE id = ? AND state = 'running'", [(i,) for i in ids]
-            )
+        try:
+            async with self.store.write() as db:
+                await db.executemany(
+                    "UPDATE jobs SET state = 'pending', not_before = MAX(not_before, COALESCE(?, 0)) "
+                    "WHERE id = ? AND state = 'running'",
+                    [(not_before, i) for i in ids],
+                )
+        except Exception as exc:  # the store is failing too: start-up recovery hands them back
+            log.error("could not hand %d memory job(s) back: %s", len(ids), exc)
 
 
 def build_scheduler(

@@ -117,6 +117,7 @@ async def replay_conversation(
     progress: Any = None,
     builder_options: dict[str, Any] | None = None,
     reuse: bool = False,
+    answer_questions: int | None = None,
 ) -> ReplayResult:
     result = ReplayResult(conv.sample_id)
     clock = _Clock()
@@ -171,7 +172,8 @@ async def replay_conversation(
 
         questions = questions_within(conv, limit_sessions)[: limit_questions or None]
         clock.now += 86400
-        for q in questions:
+        for number, q in enumerate(questions):
+            answering = answer_questions is None or number < answer_questions
             asked = q.question + QA_SUFFIX
             rec = await sessions.record_user_message(
                 platform="locomo", user_id=user, display_name=user, chat_id=chat, chat_kind="dm", text=asked,
@@ -195,7 +197,7 @@ async def replay_conversation(
                         "f1": None,
                     }
                     result.records.append(record)
-                    if budget in answer_budgets:
+                    if answering and budget in answer_budgets:
                         pending.append((record, reply_profile.reply_prompt(item)))
             if pending:
                 outs = await worker.generate([p for _, p in pending], answer_params, Priority.REPLY)
@@ -231,6 +233,7 @@ async def run_locomo(
     show_progress: bool = True,
     builder_options: dict[str, Any] | None = None,
     reuse: bool = False,
+    answer_questions: int | None = None,
 ) -> dict[str, Any]:
     from tqdm import tqdm
 
@@ -256,7 +259,7 @@ async def run_locomo(
                 strategies=strategies, budgets=budgets, answer_budgets=answer_budgets,
                 limit_sessions=limit_sessions, limit_questions=limit_questions, batch_size=batch_size,
                 memory_max_new_tokens=memory_max_new_tokens, answer_params=answer_params, progress=bar,
-                builder_options=builder_options, reuse=reuse,
+                builder_options=builder_options, reuse=reuse, answer_questions=answer_questions,
             )
             for c in convs
         ))
@@ -271,7 +274,8 @@ async def run_locomo(
     full_meta = {
         "model": worker.name, "device": worker.device, "conversations": [c.sample_id for c in convs],
         "limit_sessions": limit_sessions, "limit_questions": limit_questions,
-        "answer_budgets": answer_budgets, "total_seconds": round(time.perf_counter() - started, 1),
+        "answer_budgets": answer_budgets, "answer_questions_per_conversation": answer_questions,
+        "total_seconds": round(time.perf_counter() - started, 1),
         "session_memories": sum(r.jobs.written for r in results),
         "fallback_memories": sum(r.jobs.fallbacks for r in results),
         "malformed_outputs": sum(r.jobs.malformed for r in results),
@@ -298,7 +302,7 @@ async def run_locomo_cli(settings: Any, args: argparse.Namespace) -> int:
             conversations=convs, strategies=strategies, budgets=budgets, answer_budgets=answer_budgets,
             limit_sessions=args.limit_sessions, limit_questions=args.limit_questions,
             batch_size=settings.jobs.batch_size, memory_max_new_tokens=settings.model.memory_max_new_tokens,
-            reuse=args.reuse,
+            reuse=args.reuse, answer_questions=args.answer_questions,
             meta={"command": "membot " + " ".join(sys.argv[1:]) if sys.argv else "", "cpus": os.cpu_count()},
         )
     finally:
