@@ -123,7 +123,7 @@ async def _open_app(settings: Settings, *, need_model: bool = True):
 
         backend = FakeBackend()
         backend.name = "none"
-    return await App.create(settings, backend=backend)
+    return await App.create(settings, backend=backend, memory_backend=backend)
 
 
 async def _chat(settings: Settings, user: str) -> int:

@@ -187,8 +187,10 @@ class ConfigError(Exception):
 
 def _describe(error: ValidationError) -> str:
     first = error.errors()[0]
-    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
-    message = first["msg"]
+    key = ".".join(str(part) for part in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    if not key:  # whole-file checks already name their key in the message
+        return message
     if first["type"] == "extra_forbidden":
         message = "unknown setting"
     return f"{key}: {message}"

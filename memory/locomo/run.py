@@ -298,7 +298,7 @@ async def run_locomo_cli(settings: Any, args: argparse.Namespace) -> int:
     worker.start()
     try:
         agg = await run_locomo(
-            data=Path(args.data), out=Path(args.out), worker=worker, profile=get_profile(settings.model.profile),
+            data=Path(args.data), out=Path(args.out), worker=worker, profile=get_profile(settings.model.profile, backend),
             conversations=convs, strategies=strategies, budgets=budgets, answer_budgets=answer_budgets,
             limit_sessions=args.limit_sessions, limit_questions=args.limit_questions,
             batch_size=settings.jobs.batch_size, memory_max_new_tokens=settings.model.memory_max_new_tokens,

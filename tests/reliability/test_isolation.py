@@ -178,7 +178,7 @@ async def test_a_never_leaks_to_b_whatever_b_tries(
         await app.close()
 
     others = [(m, p) for m, p in seen if (m.platform, m.user_id) != ("telegram", A)]
-    assert len(others) >= 150
+    assert len(others) >= 135  # 45 non-command attacks × 3, plus the other-platform account
     for msg, prompt in others:
         leaked = [s for s in ALL_A if s in prompt]
         assert not leaked, f"A's {leaked} in a prompt for {msg.platform}:{msg.user_id} ({msg.text[:40]!r})"
