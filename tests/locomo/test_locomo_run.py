@@ -1,0 +1,61 @@
+"""The LoCoMo replay through the real pipeline (fake model for speed; .ci/run runs it on the embedded one)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+from memory.locomo.run import run_locomo
+from models.fake import FakeBackend
+from models.profiles import get_profile
+from models.worker import ModelWorker
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "locomo" / "locomo_dev.json"
+
+
+async def test_replay_scores_every_strategy_and_budget(tmp_path: Path) -> None:
+    worker = ModelWorker(FakeBackend(), max_batch=16)
+    worker.start()
+    try:
+        agg = await run_locomo(
+            data=DATA, out=tmp_path, worker=worker, profile=get_profile("chat"), conversations=["conv-26"],
+            budgets=(256, 1024), answer_budgets=[1024], limit_sessions=3, limit_questions=20, show_progress=False,
+        )
+    finally:
+        await worker.close()
+    for name in ("report.json", "report.md", "recall_vs_budget.png", "memory_cost.png", "recall_by_category_1024.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    records = report["records"]
+    questions = {r["question"] for r in records}
+    assert 0 < len(questions) <= 20
+    assert len(records) == len(questions) * 5 * 2
+    assert all(r["prediction"] is not None for r in records if r["budget"] == 1024)
+    assert all(r["context_tokens"] <= r["budget"] for r in records)
+    cells = agg["cells"]
+    assert cells["none"]["1024"]["recall"] == 0.0
+    assert cells["hybrid"]["1024"]["recall"] > 0.0
+    assert report["cost"]["hybrid"]["model_calls"] > 0 and report["cost"]["recent"]["model_calls"] == 0
+    # Replay followed production: one session memory per LoCoMo session, questions left no trace.
+    db = sqlite3.connect(tmp_path / "databases" / "conv-26.sqlite3")
+    assert db.execute("SELECT COUNT(*) FROM sessions").fetchone()[0] == 3
+    assert db.execute("SELECT COUNT(*) FROM session_memories").fetchone()[0] == 3
+    dates = [r[0] for r in db.execute("SELECT date(started, 'unixepoch') FROM sessions ORDER BY id")]
+    assert dates == ["2023-05-08", "2023-05-25", "2023-06-09"]
+
+
+async def test_reuse_rescored_without_rebuilding_memory(tmp_path: Path) -> None:
+    backend = FakeBackend()
+    worker = ModelWorker(backend, max_batch=16)
+    worker.start()
+    try:
+        kwargs = dict(data=DATA, out=tmp_path, worker=worker, profile=get_profile("chat"), conversations=["conv-30"],
+                      budgets=(512,), answer_budgets=[], limit_sessions=2, limit_questions=5, show_progress=False)
+        first = await run_locomo(**kwargs)
+        calls = len(backend.calls)
+        second = await run_locomo(**kwargs, reuse=True)
+        assert len(backend.calls) == calls
+        assert first["cells"]["hybrid"]["512"]["recall"] == second["cells"]["hybrid"]["512"]["recall"]
+    finally:
+        await worker.close()
