@@ -79,6 +79,7 @@ class ModelSettings(Section):
     batch_wait_ms: float = Field(5.0, ge=0.0, le=1000.0)
     cache_dir: Path | None = None
     threads: int | None = Field(None, ge=1)
+    quantize: Literal["none", "int4"] = "none"
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
     timeout: Duration = 120.0

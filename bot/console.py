@@ -24,6 +24,9 @@ class ConsoleChat:
     ) -> None:
         self.dispatcher = dispatcher
         self.user = user
+        if stdin is None and hasattr(sys.stdin, "reconfigure"):
+            # Bytes that are not UTF-8 (a binary pipe, another locale) become U+FFFD instead of ending the chat.
+            sys.stdin.reconfigure(errors="replace")
         self.stdin = stdin or sys.stdin
         self.stdout = stdout or sys.stdout
         self.interactive = self.stdin.isatty() if interactive is None else interactive

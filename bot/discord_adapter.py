@@ -438,8 +438,8 @@ class DiscordAdapter:
             for role in message.guild.me.roles:
                 if role.managed:
                     text = text.replace(f"<@&{role.id}>", "")
-        for user in message.mentions:
-            text = re.sub(rf"<@!?{user.id}>", "@" + user.display_name, text)
+        for user in message.mentions:  # a function, not a template: a name may hold "\1" or "\g<0>"
+            text = re.sub(rf"<@!?{user.id}>", lambda _, name=user.display_name: "@" + name, text)
         for role in message.role_mentions:
             text = text.replace(f"<@&{role.id}>", "@" + role.name)
         for channel in message.channel_mentions:

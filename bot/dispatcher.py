@@ -110,11 +110,13 @@ class Dispatcher:
         return pump.feed, pump
 
     async def _reply(self, msg: IncomingMessage, text: str, cut: bool, on_partial: Callable[[str], Awaitable[None]] | None = None) -> Reply:
+        # Names come from the platform as freely as the text does (NUL, lone surrogates...): clean them too.
+        name = clean_incoming(msg.display_name, 200)[0]
         try:
             recorded = await self.sessions.record_user_message(
-                platform=msg.platform, user_id=msg.user_id, display_name=msg.display_name,
-                chat_id=msg.chat_id, chat_kind=msg.chat_kind, chat_title=msg.chat_title, text=text,
-                platform_message_id=msg.message_id, when=msg.time,
+                platform=msg.platform, user_id=msg.user_id, display_name=name,
+                chat_id=msg.chat_id, chat_kind=msg.chat_kind, chat_title=clean_incoming(msg.chat_title, 200)[0],
+                text=text, platform_message_id=msg.message_id, when=msg.time,
             )
         except (StoreError, OSError) as exc:
             log.error("could not store a message: %s", exc)
@@ -123,7 +125,7 @@ class Dispatcher:
             return Reply("", kind="none")
         try:
             context = await self.context.build(
-                user_pk=recorded.user_pk, user_name=msg.display_name or msg.user_id,
+                user_pk=recorded.user_pk, user_name=name or msg.user_id,
                 session_id=recorded.session_id,
                 include_private=recorded.private or self.settings.private_in_groups, query=text,
             )

@@ -41,7 +41,7 @@ from telegram import (
     Update,
 )
 from telegram.constants import ChatAction, ChatType
-from telegram.error import BadRequest, Forbidden, TelegramError
+from telegram.error import BadRequest, Forbidden, NetworkError, TelegramError
 from telegram.ext import (
     AIORateLimiter,
     Application,
@@ -73,6 +73,7 @@ PLATFORM = "telegram"
 MAX_TEXT = 4096  # Telegram's limit for one message
 TYPING_INTERVAL = 4.0  # Telegram shows "typing…" for ~5 s
 EDIT_INTERVAL = 1.0  # streaming: at most one editMessageText a second
+SEND_RETRY_DELAYS = (0.5, 2.0)  # a send that failed in transit is tried again after these pauses
 ALLOWED_UPDATES = ("message", "callback_query")
 START_DESCRIPTION = "hello, and what I remember about you"
 # Commands whose answer is about one person: in a group it goes to their private chat instead.
@@ -98,6 +99,14 @@ def telegram_chunks(text: str) -> list[str]:
         if all(_utf16_len(part) <= MAX_TEXT for part in parts):
             return parts
         limit = limit * 3 // 4
+
+
+def _entity_texts(message: Message, text: str) -> list[tuple[MessageEntity, str]]:
+    """Each entity with the text it covers. Like PTB's `parse_entities`, but a lone surrogate (which PTB's
+    UTF-16 encoding rejects) cannot make the message unreadable: it counts as the one UTF-16 unit it is."""
+    entities = message.entities if message.text is not None else message.caption_entities
+    units = text.encode("utf-16-le", "surrogatepass")
+    return [(e, units[2 * e.offset: 2 * (e.offset + e.length)].decode("utf-16-le", "replace")) for e in entities]
 
 
 def command_name(text: str) -> tuple[str, str] | None:
@@ -290,6 +299,7 @@ class TelegramAdapter:
         self.admin_ids = frozenset(self.settings.admin_ids)
         self.typing_interval = TYPING_INTERVAL
         self.edit_interval = EDIT_INTERVAL
+        self.send_retry_delays: tuple[float, ...] = SEND_RETRY_DELAYS
         self._webhook = self._webhook_options() if self.settings.mode == "webhook" else None
         builder = (
             ApplicationBuilder()
@@ -432,11 +442,10 @@ class TelegramAdapter:
             if target:
                 return text if target.lower() == username.lower() else None
             return text if name in KNOWN_COMMANDS else None  # a general /cmd meant for another bot
-        entities = message.parse_entities() if message.text is not None else message.parse_caption_entities()
         mentioned = any(
             (e.type == MessageEntity.MENTION and value.lower() == f"@{username}".lower())
             or (e.type == MessageEntity.TEXT_MENTION and e.user is not None and e.user.id == self.bot.id)
-            for e, value in entities.items()
+            for e, value in _entity_texts(message, text)
         )
         replied = message.reply_to_message
         to_bot = (replied is not None and replied.from_user is not None and replied.from_user.id == self.bot.id
@@ -480,12 +489,25 @@ class TelegramAdapter:
 
     # -- replies --------------------------------------------------------------------------------
 
+    async def _resend(self, send: Callable[[], Awaitable[Any]]) -> Any:
+        """A send that failed on the way (Telegram's 5xx, a dropped connection, a timeout) is tried again,
+        twice; other errors (blocked, bad request) are final, and 429s are the rate limiter's."""
+        for delay in (*self.send_retry_delays, None):
+            try:
+                return await send()
+            except NetworkError as exc:
+                if delay is None:
+                    raise
+                log.info("Telegram: sending failed (%s); trying again in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+        return None  # pragma: no cover - the loop returns or raises
+
     async def _send_text(self, target: _Target, text: str, *, quote: bool = True, **kwargs: Any) -> Message:
-        return await self.bot.send_message(
+        return await self._resend(lambda: self.bot.send_message(
             target.chat_id, text, message_thread_id=target.thread_id,
             reply_parameters=target.reply_to if quote else None, link_preview_options=_LINK_PREVIEWS_OFF,
             **kwargs,
-        )
+        ))
 
     async def _deliver(self, incoming: IncomingMessage, target: _Target, reply: Reply, command: str | None,
                        stream: _Stream | None) -> None:
@@ -506,10 +528,10 @@ class TelegramAdapter:
             await self._deliver_privately(incoming, target, reply, command)
             return
         if reply.document is not None:
-            await self.bot.send_document(
+            await self._resend(lambda: self.bot.send_document(
                 target.chat_id, reply.document, filename=reply.filename, caption=reply.text or None,
                 message_thread_id=target.thread_id, reply_parameters=target.reply_to,
-            )
+            ))
             return
         for index, chunk in enumerate(chunks):
             await self._send_text(target, chunk, quote=index == 0)

@@ -18,6 +18,13 @@ Clock = Callable[[], float]
 PRIVATE_KINDS = frozenset({"dm", "console"})
 
 
+def _key(value: str) -> str:
+    """A platform id as stored: a lone surrogate (SQLite cannot store one) becomes U+FFFD, valid pairs rejoin."""
+    if any("\ud800" <= ch <= "\udfff" for ch in value):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return value
+
+
 @dataclass(frozen=True)
 class Recorded:
     """Where a stored user message landed. `duplicate` is set when the platform re-delivered it."""
@@ -95,6 +102,8 @@ class SessionManager:
         when: float | None = None,
     ) -> Recorded:
         now = self.clock() if when is None else when
+        user_id, chat_id = _key(user_id), _key(chat_id)
+        platform_message_id = None if platform_message_id is None else _key(platform_message_id)
         async with self.store.write() as db:
             user_pk = await _upsert_user(db, platform, user_id, display_name, now)
             chat_pk = await _upsert_chat(db, platform, chat_id, chat_kind, chat_title, now)
@@ -216,12 +225,12 @@ class SessionManager:
 
     async def find_user(self, platform: str, user_id: str) -> int | None:
         value = await self.store.scalar(
-            "SELECT id FROM users WHERE platform = ? AND platform_user_id = ?", (platform, str(user_id))
+            "SELECT id FROM users WHERE platform = ? AND platform_user_id = ?", (platform, _key(str(user_id)))
         )
         return None if value is None else int(value)
 
     async def find_chat(self, platform: str, chat_id: str) -> int | None:
         value = await self.store.scalar(
-            "SELECT id FROM chats WHERE platform = ? AND platform_chat_id = ?", (platform, str(chat_id))
+            "SELECT id FROM chats WHERE platform = ? AND platform_chat_id = ?", (platform, _key(str(chat_id)))
         )
         return None if value is None else int(value)

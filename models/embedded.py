@@ -86,9 +86,14 @@ def ensure_cached(cache_dir: Path | None = None) -> tuple[Path, bool]:
 
 
 def load_embedded(
-    *, cache_dir: Path | None = None, device: str = "auto", dtype: str = "auto", threads: int | None = None
+    *,
+    cache_dir: Path | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    threads: int | None = None,
+    quantize: str = "none",
 ) -> TransformersBackend:
     folder, _ = ensure_cached(cache_dir)
-    backend = TransformersBackend.load(folder, device=device, dtype=dtype, threads=threads)
+    backend = TransformersBackend.load(folder, device=device, dtype=dtype, threads=threads, quantize=quantize)
     backend.name = MODEL_NAME
     return backend

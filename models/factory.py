@@ -19,7 +19,8 @@ def build_backend(settings: Any) -> Backend:
         from models.embedded import load_embedded
 
         return load_embedded(
-            cache_dir=settings.cache_dir, device=settings.device, dtype=settings.dtype, threads=settings.threads
+            cache_dir=settings.cache_dir, device=settings.device, dtype=settings.dtype, threads=settings.threads,
+            quantize=getattr(settings, "quantize", "none"),
         )
     if settings.backend == "transformers":
         from models.transformers_backend import TransformersBackend
@@ -28,7 +29,7 @@ def build_backend(settings: Any) -> Backend:
             raise BackendError("model.name is required with backend = \"transformers\"")
         return TransformersBackend.load(
             settings.name, gguf_file=settings.gguf_file, device=settings.device, dtype=settings.dtype,
-            threads=settings.threads,
+            threads=settings.threads, quantize=getattr(settings, "quantize", "none"),
         )
     if settings.backend == "openai":
         try:

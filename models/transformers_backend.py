@@ -45,6 +45,7 @@ class TransformersBackend:
         self.name = name
         self.device = device
         self.lean_decode = lean_decode
+        self.quantization: Any = None  # a models.quantize.QuantizeReport when load() quantized the model
         self.is_seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
         self.tokenizer.padding_side = "left" if not self.is_seq2seq else "right"
         if self.tokenizer.pad_token_id is None:
@@ -62,6 +63,7 @@ class TransformersBackend:
         device: str = "auto",
         dtype: str = "auto",
         threads: int | None = None,
+        quantize: str = "none",
     ) -> TransformersBackend:
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
@@ -84,7 +86,21 @@ class TransformersBackend:
             raise BackendError(f"cannot load model {source}: {exc}") from exc
         model.to(device)
         model.eval()
-        return cls(model, tokenizer, name=os.path.basename(str(name_or_path).rstrip("/")), device=device)
+        report = None
+        if quantize != "none":
+            if not device.startswith("cpu"):
+                raise BackendError(f'model.quantize = "{quantize}" runs on CPU only (device is {device})')
+            from models.quantize import quantize_model
+
+            try:
+                report = quantize_model(model, quantize)
+            except (RuntimeError, ValueError) as exc:
+                raise BackendError(f"cannot quantize {source}: {exc}") from exc
+            if not report.quantized:
+                log.warning("model.quantize = %r: no layer of this model could be quantized", quantize)
+        backend = cls(model, tokenizer, name=os.path.basename(str(name_or_path).rstrip("/")), device=device)
+        backend.quantization = report
+        return backend
 
     def count_tokens(self, text: str) -> int:
         if not text:

@@ -460,7 +460,7 @@ class Drill:
             await self.wait_polling(bot, mark)
             reader = Reader(self.db)
             deadline = time.monotonic() + self.args.settle_timeout
-            while time.monotonic() < deadline and not self.settled(reader):
+            while time.monotonic() < deadline and not self.settled(reader):  # noqa: ASYNC110 - polls another process' database
                 await asyncio.sleep(0.2)
             reader.close()
             code = await bot.stop()
@@ -508,7 +508,7 @@ class Drill:
 async def run_drill(args: argparse.Namespace) -> dict[str, Any]:
     if args.keep:
         work = Path(args.keep)
-        work.mkdir(parents=True, exist_ok=True)
+        work.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before anything runs
         return await Drill(args, work).run()
     with tempfile.TemporaryDirectory(prefix="membot-crash-") as tmp:
         return await Drill(args, Path(tmp)).run()

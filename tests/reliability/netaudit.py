@@ -17,7 +17,7 @@ from typing import Any
 
 
 def _install(log_path: str) -> None:
-    log = open(log_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - open for the process' life
+    log = open(log_path, "a", buffering=1, encoding="utf-8")
 
     def hook(event: str, args: tuple[Any, ...]) -> None:
         if event == "socket.connect":

@@ -229,11 +229,11 @@ async def test_telegram_group_memory_and_export_go_to_the_private_chat(app: App)
             await server.wait_for_call("sendMessage", lambda c: "diagnosis" in c.params.get("text", ""), done=True)
         finally:
             await adapter.stop()
-        to_group = [json.dumps(c.params) for c in server.calls if c.params.get("chat_id") == group]
-        to_other = [json.dumps(c.params) + (c.files["document"].data.decode() if "document" in c.files else "")
-                    for c in server.calls if c.params.get("chat_id") == other]
-        to_user = [json.dumps(c.params) + (c.files["document"].data.decode() if "document" in c.files else "")
-                   for c in server.calls if c.params.get("chat_id") == user]
+        def said(chat: int) -> list[str]:
+            return [str(c.params) + (c.files["document"].data.decode() if "document" in c.files else "")
+                    for c in server.calls if c.params.get("chat_id") == chat]
+
+        to_group, to_other, to_user = said(group), said(other), said(user)
     assert not [t for t in to_group + to_other if DM_SECRETS[0] in t]
     assert any(DM_SECRETS[0] in t for t in to_user)  # the person got their own memory, privately
 

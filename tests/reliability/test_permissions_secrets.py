@@ -26,12 +26,14 @@ from typing import Any
 import pytest
 
 from bot.app import App
+from bot.config import Settings, TelegramSettings
 from bot.console import ConsoleChat
 from bot.discord_adapter import TEXT_COMMAND_HINT, DiscordAdapter
-from bot.dispatcher import ADMIN_COMMANDS, REFUSAL
+from bot.dispatcher import ADMIN_COMMANDS, APOLOGY, REFUSAL
 from bot.incoming import IncomingMessage
 from bot.telegram_adapter import TelegramAdapter
-from bot.config import TelegramSettings
+from models.base import Prompt
+from models.fake import FakeBackend
 from tests.discord.helpers import MESSAGES, assert_no_pings, contents, mention
 from tests.fakes.discord_payloads import DiscordHarness, message_payload, user_payload
 from tests.fakes.discord_server import FakeDiscordServer
@@ -186,6 +188,31 @@ async def test_tokens_stay_out_of_in_process_logs_and_exports(
     _no_secret(caplog.text, "the logs")
     for record in caplog.records:  # as any handler prints them, tracebacks included
         _no_secret(logging.Formatter().format(record), "a log record")
+
+
+async def test_a_failure_that_quotes_the_key_is_never_shown_to_people(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A model server that puts the API key in its error: people get the fixed apology; the log the error,
+    with the key blanked out (the app registers the configured key for redaction at start)."""
+    monkeypatch.setenv("TEST_MODEL_KEY", API_KEY)
+    settings.model.backend = "openai"
+    settings.model.api_key_env = "TEST_MODEL_KEY"
+
+    def leaky(prompt: Prompt) -> str:
+        raise RuntimeError(f"401 from upstream: invalid key {API_KEY}")
+
+    app = await App.create(settings, backend=FakeBackend(responder=leaky))
+    await app.start(schedule=False)
+    try:
+        reply = await app.dispatcher.handle(IncomingMessage(
+            platform="telegram", user_id="1", display_name="P", chat_id="1", chat_kind="dm", text="hi"))
+    finally:
+        await app.close()
+    assert reply.text == APOLOGY
+    assert "invalid key [redacted]" in caplog.text
+    _no_secret(caplog.text, "the logs")
+    _no_secret(reply.text, "a reply")
 
 
 async def test_tokens_stay_out_of_a_running_bots_debug_log(tmp_path: Path) -> None:

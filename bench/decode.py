@@ -1,0 +1,224 @@
+"""Decode speed: new tokens/s of the lean loop (models/decode.py) vs transformers' generate(), same model,
+same device, same prompts, at batch 1, 16 and 64; plus the int4 variant (models/quantize.py).
+
+    .venv/bin/python bench/decode.py            # full run (~5-8 minutes on 2 cores)
+    .venv/bin/python bench/decode.py --quick    # seconds; a smoke test
+
+Greedy, no stop tokens (every row makes exactly the same number of new tokens), no repetition penalty.
+Variants run interleaved, `--repeats` times; the fastest run of each counts (the machine is shared, and the
+fastest run is the one least disturbed by other work). For each variant and batch: end-to-end new tokens/s
+(prefill included), time to the first token, and decode-only tokens/s (after the first token). The fp32 lean
+loop is checked token for token against generate(); int4 reports how many leading tokens agree with fp32.
+llama.cpp (the issue's reference, ~96 tokens/s on this GGUF) is compared only when llama-cpp-python is
+installed (`--gguf-llama-cpp`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import time
+from typing import Any
+
+from _common import (
+    embedded_folder,
+    emit,
+    log,
+    machine,
+    quiet_libraries,
+    rounded,
+    set_threads,
+)
+
+PROMPTS = (
+    "Yesterday I went hiking with my sister Anna in the mountains near Innsbruck. We saw a lot of goats and the "
+    "weather was great. Can you suggest what we could do next weekend if it rains?",
+    "What is the capital of France? Answer in one sentence.",
+    "My dog is called Rex and he is three years old. How old will Rex be in two years?",
+    "I'm nervous about my job interview tomorrow. Any advice?",
+    "Tell me a short story about a robot who learns to bake bread.",
+    "I moved to Lyon last month and I don't know many people yet. How can I make friends?",
+    "Can you remind me what I should pack for a weekend at the seaside?",
+    "My favourite food is ramen but my brother hates it. What should we cook together?",
+)
+SYSTEM = "You are Membot, a warm and curious friend who chats with people and remembers them. Answer briefly."
+
+
+def _encode(tokenizer: Any, batch: int) -> tuple[Any, Any]:
+    texts = [
+        tokenizer.apply_chat_template(
+            [{"role": "system", "content": SYSTEM}, {"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+            tokenize=False, add_generation_prompt=True,
+        )
+        for i in range(batch)
+    ]
+    tokenizer.padding_side = "left"
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    return enc["input_ids"], enc["attention_mask"]
+
+
+def run_generate(model: Any, ids: Any, mask: Any, new_tokens: int, pad_id: int) -> dict[str, Any]:
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    marks: list[float] = []
+
+    class Mark(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            marks.append(time.perf_counter())
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+
+    start = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+            pad_token_id=pad_id, stopping_criteria=StoppingCriteriaList([Mark()]),
+        )
+    total = time.perf_counter() - start
+    rows = out[:, ids.shape[1]:].tolist()
+    return {"total": total, "ttft": marks[0] - start, "rows": rows}
+
+
+def run_lean(model: Any, ids: Any, mask: Any, new_tokens: int, pad_id: int) -> dict[str, Any]:
+    from models.decode import DecodeParams, decode
+
+    marks: list[float] = []
+
+    def should_stop() -> bool:  # polled before the prefill and after every chosen token
+        marks.append(time.perf_counter())
+        return False
+
+    start = time.perf_counter()
+    rows = decode(model, ids, mask, DecodeParams(max_new_tokens=new_tokens), pad_token_id=pad_id,
+                  should_stop=should_stop)
+    total = time.perf_counter() - start
+    ttft = (marks[1] if len(marks) > 1 else time.perf_counter()) - start
+    return {"total": total, "ttft": ttft, "rows": rows}
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+
+def llama_cpp_rate(gguf: str, prompt: str, new_tokens: int, threads: int | None, repeats: int) -> dict[str, Any] | None:
+    """New tokens/s of llama.cpp on the same GGUF, when llama-cpp-python is installed."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        return None
+    from llama_cpp import Llama  # type: ignore[import-not-found]
+
+    llm = Llama(model_path=gguf, n_ctx=1024, n_threads=threads or None, verbose=False)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        llm(prompt, max_tokens=new_tokens, temperature=0.0)
+        best = min(best, time.perf_counter() - start)
+    return {"new_tokens_per_s": rounded(new_tokens / best)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test that takes seconds")
+    parser.add_argument("--batches", default="1,16,64", help="comma-separated batch sizes")
+    parser.add_argument("--new-tokens", default="64,32,16",
+                        help="new tokens per row, one per batch size (or one for all)")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved runs per variant; the fastest counts")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--no-int4", action="store_true", help="skip the int4 variant")
+    parser.add_argument("--cache-dir", default=None, help="the de-quantized model folder (default: .cache/)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.batches, args.new_tokens, args.repeats = "1,2", "4", 1
+
+    quiet_libraries()
+    set_threads(args.threads)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from models.embedded import GGUF_FILE, MODEL_NAME, gguf_folder
+    from models.quantize import int4_available, quantize_model
+
+    batches = [int(b) for b in args.batches.split(",")]
+    counts = [int(n) for n in args.new_tokens.split(",")]
+    counts = counts * len(batches) if len(counts) == 1 else counts
+    if len(counts) != len(batches):
+        parser.error("--new-tokens needs one value, or one per batch size")
+
+    folder = embedded_folder(args.cache_dir)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    fp32 = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    fp32.generation_config.eos_token_id = None  # every row makes exactly the requested number of tokens
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    variants: dict[str, tuple[str, Any]] = {
+        "generate_fp32": ("generate", fp32),
+        "lean_fp32": ("lean", fp32),
+    }
+    quant_info: dict[str, Any] | None = None
+    if not args.no_int4 and int4_available():
+        int4 = copy.deepcopy(fp32)
+        start = time.perf_counter()
+        report = quantize_model(int4, "int4")
+        quant_info = {"seconds": rounded(time.perf_counter() - start), "summary": report.summary()}
+        variants["lean_int4"] = ("lean", int4)
+    log(f"variants: {', '.join(variants)}; threads {torch.get_num_threads()}")
+
+    results: dict[str, Any] = {}
+    for batch, new_tokens in zip(batches, counts, strict=True):
+        ids, mask = _encode(tokenizer, batch)
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
+        for repeat in range(args.repeats):
+            for name, (kind, model) in variants.items():
+                fn = run_generate if kind == "generate" else run_lean
+                run = fn(model, ids, mask, new_tokens, pad_id)
+                runs[name].append(run)
+                log(f"batch {batch} {name} run {repeat}: {run['total']:.2f}s")
+        entry: dict[str, Any] = {"batch": batch, "new_tokens_per_row": new_tokens,
+                                 "prompt_tokens_padded": int(ids.shape[1])}
+        for name, rs in runs.items():
+            best = min(rs, key=lambda r: r["total"])
+            produced = batch * new_tokens
+            decode_time = best["total"] - best["ttft"]
+            entry[name] = {
+                "new_tokens_per_s": rounded(produced / best["total"]),
+                "ttft_s": rounded(best["ttft"]),
+                "decode_tokens_per_s": rounded(batch * (new_tokens - 1) / decode_time) if decode_time > 0 else None,
+                "runs_s": [rounded(r["total"]) for r in rs],
+            }
+        reference = runs["generate_fp32"][0]["rows"]
+        lean_rows = runs["lean_fp32"][0]["rows"]
+        entry["lean_fp32_identical_rows"] = sum(a == b for a, b in zip(lean_rows, reference, strict=True))
+        base = entry["generate_fp32"]["new_tokens_per_s"]
+        entry["speedup_lean_fp32_vs_generate"] = rounded(entry["lean_fp32"]["new_tokens_per_s"] / base)
+        if "lean_int4" in runs:
+            int4_rows = runs["lean_int4"][0]["rows"]
+            prefixes = [_common_prefix(a, b) for a, b in zip(int4_rows, reference, strict=True)]
+            entry["lean_int4_agreeing_prefix_mean"] = rounded(sum(prefixes) / len(prefixes))
+            entry["lean_int4_identical_rows"] = sum(a == b for a, b in zip(int4_rows, reference, strict=True))
+            entry["speedup_lean_int4_vs_generate"] = rounded(entry["lean_int4"]["new_tokens_per_s"] / base)
+            entry["speedup_lean_int4_vs_generate_decode_only"] = rounded(
+                entry["lean_int4"]["decode_tokens_per_s"] / entry["generate_fp32"]["decode_tokens_per_s"]
+            )
+        results[f"batch_{batch}"] = entry
+
+    sample = tokenizer.decode(runs.get("lean_int4", runs["lean_fp32"])[0]["rows"][0], skip_special_tokens=True)
+    llama = llama_cpp_rate(str(gguf_folder() / GGUF_FILE), PROMPTS[0], counts[0], args.threads, args.repeats)
+    first = results[f"batch_{batches[0]}"]
+    best_lean = max(first["lean_fp32"]["new_tokens_per_s"], first.get("lean_int4", {}).get("new_tokens_per_s", 0))
+    emit({
+        "benchmark": "decode",
+        "model": MODEL_NAME,
+        "device": "cpu",
+        "quick": args.quick,
+        "settings": {"greedy": True, "stop_tokens": None, "repeats": args.repeats, "repetition_penalty": 1.0},
+        "int4": quant_info,
+        "results": results,
+        "sample_int4_or_fp32_text": sample[:200],
+        "llama_cpp": llama or "not measured: llama-cpp-python is not installed (no wheel for this platform; "
+                              "building it from source was out of scope)",
+        "ratio_to_llama_cpp_batch1": rounded(best_lean / llama["new_tokens_per_s"]) if llama else None,
+        "machine": machine(args.threads),
+    })
+
+
+if __name__ == "__main__":
+    main()
