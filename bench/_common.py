@@ -219,3 +219,55 @@ def conversation(rng: random.Random, turns: int) -> Iterator[tuple[str, str]]:
     """Alternating (author, text) pairs, user first."""
     for i in range(turns):
         yield ("user", user_message(rng)) if i % 2 == 0 else ("bot", bot_message(rng))
+
+
+# ---- building realistic state through the project's own code --------------------------------------------
+
+
+def bench_settings(db_path: Path, **overrides: Any) -> Any:
+    """Settings on the embedded model and a given database; `overrides` use dotted keys with '__' for '.'."""
+    from bot.config import load_settings
+
+    values: dict[str, Any] = {"storage.path": str(db_path), "model.backend": "embedded",
+                              "model.cache_dir": str(DEFAULT_MODEL_CACHE), "logging.level": "WARNING"}
+    values.update({key.replace("__", "."): value for key, value in overrides.items() if value is not None})
+    return load_settings(None, overrides=values)
+
+
+async def seed_history(
+    sessions: Any, *, platform: str, user_id: str, name: str, past_sessions: int, turns: int,
+    rng: random.Random, start: float, gap: float = 86_400.0,
+) -> int:
+    """Past, closed sessions for one person (stored through the SessionManager); returns the user's pk."""
+    user_pk = 0
+    when = start
+    for _ in range(past_sessions):
+        recorded = None
+        for author, text in conversation(rng, turns):
+            when += 60.0
+            if author == "user":
+                recorded = await sessions.record_user_message(
+                    platform=platform, user_id=user_id, display_name=name, chat_id=f"dm-{user_id}",
+                    chat_kind="dm", text=text, when=when,
+                )
+                user_pk = recorded.user_pk
+            elif recorded is not None:
+                await sessions.record_bot_message(recorded, text, when=when)
+        if recorded is not None:
+            await sessions.end_session(recorded.user_pk, recorded.chat_pk)
+        when += gap
+    return user_pk
+
+
+async def add_compressive_memory(store: Any, user_pk: int, name: str, rng: random.Random, when: float) -> None:
+    """One compressive-memory version, as the jobs would have written it (profile, relationship, events)."""
+    profile = (f"{name} lives in {rng.choice(PLACES)} and enjoys {rng.choice(HOBBIES)} and "
+               f"{rng.choice(HOBBIES)}. Their {rng.choice(RELATIVES)} is called {rng.choice(NAMES)}.")
+    relationship = f"{name} talks openly with the bot about family, food and plans."
+    events = "\n".join(f"- ({d} May 2023) {user_message(rng)}" for d in range(1, 7))
+    async with store.write() as db:
+        await db.execute(
+            "INSERT INTO compressive_memories(user_id, scope, version, profile, relationship, events, "
+            "source_sessions, model, created) VALUES (?, 'all', 1, ?, ?, ?, '[]', 'bench', ?)",
+            (user_pk, profile, relationship, events, when),
+        )

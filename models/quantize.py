@@ -81,8 +81,10 @@ class Int4Linear(nn.Module):
         self.register_buffer("bias", bias, persistent=False)
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, group_size: int = 32, dense_rows: int = DENSE_ROWS) -> tuple[Int4Linear, float]:
-        """Quantize `linear`; returns the module and the largest absolute weight error it introduced."""
+    def from_linear(
+        cls, linear: nn.Linear, group_size: int = 32, dense_rows: int = DENSE_ROWS, *, measure_error: bool = False
+    ) -> tuple[Int4Linear, float | None]:
+        """Quantize `linear`; returns the module and (if asked) the largest absolute weight error introduced."""
         weight = linear.weight.detach().to(torch.float32)
         n, k = weight.shape
         if not supports(n, k, group_size):
@@ -91,8 +93,10 @@ class Int4Linear(nn.Module):
         minimum = groups.amin(dim=-1)
         scale = (groups.amax(dim=-1) - minimum) / 15.0
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # a constant group: every code is 0
-        codes = ((groups - minimum[..., None]) / scale[..., None]).round_().clamp_(0, 15)
-        error = float((codes * scale[..., None] + minimum[..., None] - groups).abs().max())
+        codes = groups.sub(minimum[..., None]).div_(scale[..., None]).round_().clamp_(0, 15)
+        error = None
+        if measure_error:
+            error = float(codes.mul(scale[..., None]).add_(minimum[..., None]).sub_(groups).abs_().amax())
         codes = codes.to(torch.uint8).reshape(n, k)
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1)
         scales_zeros = torch.stack([scale.t(), (minimum + 8.0 * scale).t()], dim=-1).to(torch.bfloat16).contiguous()
@@ -156,16 +160,18 @@ class QuantizeReport:
     quantized: int = 0
     skipped: list[str] = field(default_factory=list)
     head: str = "float32"
-    max_abs_error: float = 0.0
-    max_rel_error: float = 0.0
+    max_abs_error: float | None = None  # measured only with quantize_model(..., measure_error=True)
+    max_rel_error: float | None = None
     weight_bytes_before: int = 0
     weight_bytes_after: int = 0
 
     def summary(self) -> str:
+        error = "" if self.max_abs_error is None else (
+            f", max weight error {self.max_abs_error:.2e} ({self.max_rel_error or 0:.1e} of the layer's largest weight)"
+        )
         return (
-            f"int4: {self.quantized} linear layers quantized ({len(self.skipped)} skipped), head {self.head}, "
-            f"max weight error {self.max_abs_error:.2e} ({self.max_rel_error:.1e} of the layer's largest weight), "
-            f"weights {self.weight_bytes_before / 2**20:.0f} MiB -> {self.weight_bytes_after / 2**20:.0f} MiB"
+            f"int4: {self.quantized} linear layers quantized ({len(self.skipped)} skipped), head {self.head}"
+            f"{error}, weights {self.weight_bytes_before / 2**20:.0f} MiB -> {self.weight_bytes_after / 2**20:.0f} MiB"
         )
 
 
@@ -193,6 +199,7 @@ def quantize_model(
     group_size: int = 32,
     head: str = "bfloat16",
     dense_rows: int = DENSE_ROWS,
+    measure_error: bool = False,
 ) -> QuantizeReport:
     """Swap the model's Linear layers for int4 ones in place (CPU, float models); returns what was done.
 
@@ -200,6 +207,8 @@ def quantize_model(
     is never made 4-bit (it is the model's Q8_0 embedding in the GGUF); `head="bfloat16"` halves its cost.
     """
     report = QuantizeReport(mode=mode)
+    if measure_error:
+        report.max_abs_error = report.max_rel_error = 0.0
     if mode == "none":
         return report
     if mode != "int4":
@@ -217,10 +226,11 @@ def quantize_model(
         if not supports(linear.out_features, linear.in_features, group_size):
             report.skipped.append(name)
             continue
-        new, error = Int4Linear.from_linear(linear, group_size, dense_rows)
-        largest = float(linear.weight.detach().abs().max()) or 1.0
-        report.max_abs_error = max(report.max_abs_error, error)
-        report.max_rel_error = max(report.max_rel_error, error / largest)
+        new, error = Int4Linear.from_linear(linear, group_size, dense_rows, measure_error=measure_error)
+        if error is not None:
+            largest = float(linear.weight.detach().abs().amax()) or 1.0
+            report.max_abs_error = max(report.max_abs_error, error)
+            report.max_rel_error = max(report.max_rel_error, error / largest)
         report.weight_bytes_before += linear.weight.numel() * linear.weight.element_size()
         report.weight_bytes_after += sum(int(b.numel() * b.element_size()) for b in new.buffers())
         _set_module(model, name, new)
