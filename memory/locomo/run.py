@@ -133,6 +133,12 @@ async def replay_conversation(
         started = time.perf_counter()
         last = None
         done = await store.get_kv(replayed_key) if reuse else None
+        if done is None and await store.scalar("SELECT COUNT(*) FROM sessions"):
+            # An earlier replay was cut short: start this conversation over rather than replay on top.
+            async with store.write() as db:
+                await db.execute("DELETE FROM users")
+                await db.execute("DELETE FROM chats")
+                await db.execute("DELETE FROM kv")
         if done is not None:  # memory already built by an earlier run: re-score only
             cost = json.loads(done)
             result.memory_calls, result.memory_tokens = cost["calls"], cost["tokens"]
