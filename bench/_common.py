@@ -18,11 +18,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+# As the bot does (models/transformers_backend.py), before anything imports torch.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 DEFAULT_MODEL_CACHE = REPO / ".cache" / "test-models" / "SmolLM2-135M-Instruct"
+LOAD_AT_START = os.getloadavg()  # this module is imported first thing: the load before the benchmark ran
 
 
 def log(message: str) -> None:
@@ -68,7 +72,8 @@ def machine(threads: int | None = None) -> dict[str, Any]:
         "cpu_flags": cpu_flags(),
         "python": platform.python_version(),
         "date_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+        "loadavg_start": [round(x, 2) for x in LOAD_AT_START],
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
     }
     try:
         import torch

@@ -74,13 +74,12 @@ def redact_in_logs(secret: str | None) -> None:
     request at INFO); a log record factory rewrites any record whose text or exception holds a registered
     secret before a handler sees it.
     """
-    global _factory_installed
+    global _factory_installed, _secrets
     if not secret or len(secret) < 6:
         return
     with _secrets_lock:
-        if secret not in _secrets:
-            _secrets.append(secret)
-            _secrets.sort(key=len, reverse=True)  # a token before the part of it that is also registered
+        if secret not in _secrets:  # a new list, never changed in place: records are scrubbed from any thread
+            _secrets = sorted([*_secrets, secret], key=len, reverse=True)  # a token before a part of it
         if _factory_installed:
             return
         previous = logging.getLogRecordFactory()
@@ -102,6 +101,8 @@ def redact(text: str) -> str:
 
 def _scrub(record: logging.LogRecord) -> None:
     secrets = _secrets
+    if not secrets:
+        return
     try:
         message = record.getMessage()
     except Exception:  # a malformed record: logging reports it when it is emitted

@@ -254,7 +254,7 @@ class Drill:
                                              seconds=seconds))
         try:
             if mode == "random":
-                await asyncio.sleep(self.rng.uniform(0.3, 3.0))
+                await asyncio.sleep(self.rng.uniform(0.3, 6.0))
                 return True
             if mode == "generating":
                 await asyncio.sleep(self.rng.uniform(0.0, 0.4))
@@ -263,8 +263,13 @@ class Drill:
                     f"{baseline} AND NOT EXISTS (SELECT 1 FROM messages b WHERE b.session_id = m.session_id "
                     "AND b.id > m.id)"), 15)
             kind = "session_memory" if mode == "session_memory" else "compress"
-            hit = await self.wait_for(
-                reader, f"SELECT COUNT(*) FROM jobs WHERE kind = '{kind}' AND state = 'running'", 20)
+            running = f"SELECT COUNT(*) FROM jobs WHERE kind = '{kind}' AND state = 'running'"
+            if kind == "compress":
+                # Preferably a later compression, adding to versions that must survive it unchanged.
+                hit = await self.wait_for(reader, running + " AND EXISTS (SELECT 1 FROM compressive_memories)", 12)
+                hit = hit or await self.wait_for(reader, running, 10)
+            else:
+                hit = await self.wait_for(reader, running, 20)
             # Somewhere inside the job run: while the model writes, or as a batch is being saved.
             await asyncio.sleep(self.rng.uniform(0.0, 0.6))
             return hit
@@ -489,7 +494,7 @@ class Drill:
             "kills_by_mode": {m: c[f"mode:{m}"] for m in MODES if c[f"mode:{m}"]},
             "kills_at_target_moment": {m: c[f"hit:{m}"] for m in MODES if c[f"mode:{m}"]},
             "messages_sent": len(self.state.sent),
-            "acked_at_a_kill_and_recovered_from_the_inbox": c["acked_in_inbox"],
+            "acked_but_not_yet_stored_at_a_kill_found_in_the_inbox": c["acked_in_inbox"],
             "messages_stored": final["stored"],
             "closed_sessions": final["closed_sessions"],
             "session_memories": final["session_memories"],
@@ -526,6 +531,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import logging
+
+    logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)  # a killed bot drops its connections
     summary = asyncio.run(run_drill(parse_args(argv)))
     print(json.dumps(summary, indent=2))
     return 0 if summary["ok"] else 1

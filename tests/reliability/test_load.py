@@ -2,8 +2,8 @@
 
 Nothing is lost, nothing is doubled, each person's turns stay in the order they were sent (each person's 20
 messages are all in flight at once), no "database is locked", and the store latency is reported (p50/p99/max
-of committing a user message, waiting for the single writer included) — printed, never asserted: timings
-depend on the machine. `python tests/reliability/test_load.py [USERS] [MESSAGES]` prints the figures as JSON.
+of committing a user message, waiting for the single writer included; and, for comparison, of one person
+alone) — printed, never asserted: timings depend on the machine. `python tests/reliability/test_load.py [USERS] [MESSAGES]` prints the figures as JSON.
 """
 
 from __future__ import annotations
@@ -79,6 +79,12 @@ async def run_load(db: Path, users: int = USERS, messages: int = MESSAGES, *, se
             await asyncio.sleep(0.05)
 
     try:
+        # Baseline: one person alone, message after message (no queue for the writer).
+        for i in range(100):
+            await app.dispatcher.handle(IncomingMessage(
+                platform="telegram", user_id="alone", display_name="Alone", chat_id="dm-alone", chat_kind="dm",
+                text=f"quiet message {i}"))
+        quiet, latencies[:] = list(latencies), []
         started = time.perf_counter()
         jobs = asyncio.ensure_future(memory_jobs())
         replies = await asyncio.gather(*(person(u) for u in range(users)))
@@ -94,6 +100,8 @@ async def run_load(db: Path, users: int = USERS, messages: int = MESSAGES, *, se
             "store_latency_ms": {"p50": round(_percentile(latencies, 0.5) * 1000, 1),
                                  "p99": round(_percentile(latencies, 0.99) * 1000, 1),
                                  "max": round(max(latencies) * 1000, 1)},
+            "store_latency_alone_ms": {"p50": round(_percentile(quiet, 0.5) * 1000, 1),
+                                       "p99": round(_percentile(quiet, 0.99) * 1000, 1)},
             "stored_user_messages": len(latencies),
             "memory_job_runs": job_runs,
             "session_memories": await app.store.scalar("SELECT COUNT(*) FROM session_memories"),
@@ -127,6 +135,7 @@ async def test_200_people_20_messages_each_nothing_lost_in_order(
     per_person: dict[str, list[tuple[str, str]]] = {}
     for user, author, text in rows:
         per_person.setdefault(user, []).append((author, text))
+    per_person.pop("alone")
     assert len(per_person) == users
     for user in range(users):
         turns = per_person[f"u{user}"]

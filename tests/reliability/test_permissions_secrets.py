@@ -32,6 +32,7 @@ from bot.discord_adapter import TEXT_COMMAND_HINT, DiscordAdapter
 from bot.dispatcher import ADMIN_COMMANDS, APOLOGY, REFUSAL
 from bot.incoming import IncomingMessage
 from bot.telegram_adapter import TelegramAdapter
+from bot.text import redact_in_logs
 from models.base import Prompt
 from models.fake import FakeBackend
 from tests.discord.helpers import MESSAGES, assert_no_pings, contents, mention
@@ -188,6 +189,21 @@ async def test_tokens_stay_out_of_in_process_logs_and_exports(
     _no_secret(caplog.text, "the logs")
     for record in caplog.records:  # as any handler prints them, tracebacks included
         _no_secret(logging.Formatter().format(record), "a log record")
+
+
+def test_log_redaction_covers_messages_arguments_and_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
+    redact_in_logs("tok-REDACTION-zqxt-123")
+    log = logging.getLogger("some.library")
+    with caplog.at_level(logging.DEBUG):
+        log.info("GET http://x/bottok-REDACTION-zqxt-123/getMe")
+        log.debug("calling %s with %r", "http://x/bottok-REDACTION-zqxt-123/send", {"k": "tok-REDACTION-zqxt-123"})
+        try:
+            raise ValueError("bad URL http://x/bottok-REDACTION-zqxt-123/")
+        except ValueError:
+            log.exception("request failed")
+    text = "\n".join(logging.Formatter().format(r) for r in caplog.records)
+    assert "tok-REDACTION-zqxt-123" not in text and text.count("[redacted]") >= 4
+    assert "ValueError: bad URL http://x/bot[redacted]/" in text
 
 
 async def test_a_failure_that_quotes_the_key_is_never_shown_to_people(

@@ -1,0 +1,87 @@
+"""Every benchmark's documented `--quick` mode runs and prints one JSON object with its baseline comparison.
+
+The figures themselves are not checked (a shared CI machine proves nothing about speed); the shape is: the
+run finished, stdout is exactly one JSON object, and the comparison the issue asks for is in it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_quick(script: str, *extra: str, timeout: int = 600) -> dict[str, Any]:
+    env = dict(os.environ, TQDM_DISABLE="1")
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / script), "--quick", *extra],
+        capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)  # exactly one object: extra output would make this fail
+    assert isinstance(result, dict)
+    assert result["quick"] is True
+    machine = result["machine"]
+    assert machine["nproc"] >= 1 and machine["cpu_model"] and machine["date_utc"]
+    return result
+
+
+def test_store_quick() -> None:
+    result = run_quick("store.py")
+    assert result["benchmark"] == "store"
+    small, large = result["results"]["messages_2000"], result["results"]["messages_10000"]
+    assert large["messages"] == 10_000 and large["db_bytes"] > small["db_bytes"] > 0
+    assert large["insert_messages_per_s"] > 0
+    assert large["heavy_user_fts"]["p95_ms"] > 0 and large["heavy_user_fts"]["mean_hits"] > 0
+    proposal = large["proposal_owner_scoped_fts"]
+    assert proposal["heavy_user"]["p95_ms"] > 0
+    assert isinstance(result["target_met"], bool)
+
+
+@pytest.mark.slow
+def test_decode_quick(embedded_cache: Path) -> None:
+    result = run_quick("decode.py")
+    batch = result["results"]["batch_1"]
+    assert batch["generate_fp32"]["new_tokens_per_s"] > 0 and batch["lean_fp32"]["new_tokens_per_s"] > 0
+    assert batch["lean_fp32_identical_rows"] == 1  # greedy identity with generate()
+    assert result["results"]["batch_2"]["lean_fp32_identical_rows"] == 2
+    assert "speedup_lean_int4_vs_generate" in batch
+    assert "llama_cpp" in result
+
+
+@pytest.mark.slow
+def test_reply_latency_quick(embedded_cache: Path) -> None:
+    result = run_quick("reply_latency.py")
+    assert result["dispatcher_s_total"] > 0 and result["raw_backend_generate_s_total"] > 0
+    assert result["overhead_ratio"] > 0 and result["all_same_text"] is True
+
+
+@pytest.mark.slow
+def test_load_quick(embedded_cache: Path) -> None:
+    result = run_quick("load.py")
+    users = result["results"]["users_2"]
+    assert users["batching"]["replies"] == users["one_at_a_time"]["replies"] == 2
+    assert users["batching"]["apologies"] == 0 and users["one_at_a_time"]["largest_batch"] == 1
+    assert users["speedup_replies_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_jobs_quick(embedded_cache: Path) -> None:
+    result = run_quick("jobs.py")
+    assert result["batched"]["session_memories_written"] == result["sequential"]["session_memories_written"] == 2
+    assert result["sequential"]["largest_batch"] == 1 and result["speedup"] > 0
+
+
+@pytest.mark.slow
+def test_startup_quick(embedded_cache: Path) -> None:
+    result = run_quick("startup.py", "--no-int4")
+    assert result["cold"]["was_warm"] is False and result["warm"]["was_warm"] is True
+    assert result["cold"]["reply_kind"] == result["warm"]["reply_kind"] == "reply"
+    assert result["warm"]["peak_rss_mib"] > 0 and result["cold_over_warm"] > 0
