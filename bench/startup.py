@@ -65,6 +65,7 @@ async def child(args: argparse.Namespace) -> dict[str, Any]:
         ))
     finally:
         phases["first_reply_s"] = time.perf_counter() - t
+        new_tokens = app.worker.stats.generated_tokens
         await app.close()
     import resource
 
@@ -74,6 +75,7 @@ async def child(args: argparse.Namespace) -> dict[str, Any]:
         "phases": {k: rounded(v) for k, v in phases.items()},
         "peak_rss_mib": rounded(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "rss_after_reply_mib": rounded(_rss_mib()),
+        "reply_new_tokens": new_tokens,
         "reply": reply.text[:120],
         "reply_kind": reply.kind,
     }
@@ -104,7 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--cache", help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)
-    parser.add_argument("--quantize", default="none", help=argparse.SUPPRESS)
+    parser.add_argument("--quantize", default="none", choices=["none", "int4"],
+                        help="model.quantize for every start (default none; then one extra warm start with int4)")
     parser.add_argument("--t0", type=float, default=0.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -121,12 +124,12 @@ def main(argv: list[str] | None = None) -> None:
         for repeat in range(args.repeats):
             if cache.exists():
                 shutil.rmtree(cache)
-            cold.append(start_once(cache, Path(tmp) / f"cold{repeat}.sqlite3", args, "none"))
+            cold.append(start_once(cache, Path(tmp) / f"cold{repeat}.sqlite3", args, args.quantize))
             log(f"cold start {repeat}: {cold[-1]}")
-            warm.append(start_once(cache, Path(tmp) / f"warm{repeat}.sqlite3", args, "none"))
+            warm.append(start_once(cache, Path(tmp) / f"warm{repeat}.sqlite3", args, args.quantize))
             log(f"warm start {repeat}: {warm[-1]}")
         int4 = None
-        if not args.no_int4:
+        if not args.no_int4 and args.quantize == "none":
             int4 = start_once(cache, Path(tmp) / "int4.sqlite3", args, "int4")
             log(f"warm start, int4: {int4}")
     best_cold = min(cold, key=lambda r: r["time_to_first_reply_s"])
@@ -137,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
         "benchmark": "startup",
         "model": "SmolLM2-135M-Instruct",
         "quick": args.quick,
-        "settings": {"repeats": args.repeats, "max_new_tokens": args.max_new_tokens},
+        "settings": {"repeats": args.repeats, "max_new_tokens": args.max_new_tokens, "quantize": args.quantize},
         "cold": best_cold,
         "warm": best_warm,
         "cold_runs_s": [r["time_to_first_reply_s"] for r in cold],

@@ -16,7 +16,7 @@ Greedy identity with `generate()` is a property of the float32 lean path, which 
 "none"` (the default) changes nothing.
 
 Per-step costs kept low:
-- small row counts (decode steps, up to `dense_rows` rows) use the int4 kernel;
+- small row counts (decode steps, below `dense_rows` = 128 rows) use the int4 kernel;
 - large row counts (a prompt's prefill) de-quantize the Linear to float32 on the fly and use the float32
   GEMM, which on AVX2 is about twice as fast as the int4 kernel there; the de-quantized weight is the
   exact Q4_1 value (float32 scale and minimum kept for that), so prefill loses nothing but a little time;
@@ -40,9 +40,11 @@ __all__ = ["QUANTIZE_MODES", "Bf16Linear", "Int4Linear", "QuantizeReport", "int4
 QUANTIZE_MODES = ("none", "int4")
 GROUP_SIZES = (32, 64, 128, 256)
 # Rows (tokens in the batch) at or above which a Linear de-quantizes to float32 instead of using the int4
-# kernel. Measured on a 2-core AVX2 EPYC (1536×576): int4 kernel vs float32 GEMM + de-quantize break even
-# near 64 rows; a prefill of a few hundred tokens is ~2× faster the float32 way.
-DENSE_ROWS = 64
+# kernel. On a 2-core AVX2 EPYC one 1536×576 layer breaks even near 64 rows (int4 kernel vs float32 GEMM plus
+# de-quantizing), and a prefill of a few hundred tokens is ~2× faster the float32 way; but de-quantizing the
+# whole model on every decode step of a 64-row batch made that batch ~1.3× slower than float32, so decode
+# steps up to 127 rows stay on the kernel and only prompt prefills take the float32 way.
+DENSE_ROWS = 128
 
 
 def int4_available() -> bool:
