@@ -92,6 +92,15 @@ async def _record_output(store: Store, job_id: int, user_pk: int, task: str, raw
         )
 
 
+async def _retry_later(store: Store, job_id: int, now: float) -> None:
+    """Back to pending with one more attempt counted: the next run asks the model again."""
+    async with store.write() as db:
+        await db.execute(
+            "UPDATE jobs SET state = 'pending', attempts = attempts + 1, last_error = ?, updated = ? WHERE id = ?",
+            ("malformed model output", now, job_id),
+        )
+
+
 async def _queue_compression(db: object, user_pk: int, private: bool, now: float) -> None:
     scopes = ["all"] if private else ["all", "public"]
     for scope in scopes:
@@ -154,12 +163,7 @@ async def write_session_memories(
                 await _record_output(store, job.job_id, job.user_pk, "session_memory", out.text,
                                      "no usable fact lines", clock())
                 if job.attempts + 1 < max_attempts:
-                    async with store.write() as db:
-                        await db.execute(
-                            "UPDATE jobs SET state = 'pending', attempts = attempts + 1, last_error = ?, updated = ? "
-                            "WHERE id = ?",
-                            ("malformed model output", clock(), job.job_id),
-                        )
+                    await _retry_later(store, job.job_id, clock())
                     continue
                 facts, source = fallback_facts(job.item), "fallback"
                 report.fallbacks += 1
@@ -286,12 +290,7 @@ async def compress_memories(
                 raw = "\n---\n".join(o.text for o in mine)
                 await _record_output(store, job.job_id, job.user_pk, "compress", raw, "unusable sections", clock())
                 if job.attempts + 1 < max_attempts:
-                    async with store.write() as db:
-                        await db.execute(
-                            "UPDATE jobs SET state = 'pending', attempts = attempts + 1, last_error = ?, updated = ? "
-                            "WHERE id = ?",
-                            ("malformed model output", clock(), job.job_id),
-                        )
+                    await _retry_later(store, job.job_id, clock())
                     continue
                 parsed = _fallback_compression(job.item)
                 flagged = 1
