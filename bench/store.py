@@ -7,7 +7,8 @@ Messages are chat-like English (names, places, hobbies, dates; user and bot turn
 `--users` people in sessions of 20 turns, plus one heavy user holding `--heavy-share` of all messages (the
 person whose replies search the most). They go in through the store's single writer (`Store.write()`,
 BEGIN IMMEDIATE, executemany in chunks), so the FTS5 triggers index them as in production; the insert
-rate includes that indexing. Retrieval is `memory.retrieval.search_user_messages` exactly as the reply
+rate includes that indexing. The baseline, built on the same database and asked the same questions, is the
+index before migration 4 (plain terms, the owner filtered after the match). Retrieval is `memory.retrieval.search_user_messages` exactly as the reply
 context calls it (limit 42 = 2 × max(retrieval_k, reply_context_tokens / 48) with the defaults, the current
 session excluded), for the heavy user and for a typical one, with questions like "where does my sister live?".
 """
@@ -137,64 +138,62 @@ async def measure_queries(store: Any, user_pk: int, queries: int, rng: random.Ra
     }
 
 
-# ---- a proposed schema change, measured on the same database (nothing in memory/ uses it) ----------------
-# The FTS5 index knows nothing about owners, so `MATCH ... AND m.user_id = ?` ranks every matching message
-# of every person (bm25 per row) before the user filter throws almost all of them away. Indexing an owner
-# token next to the text lets FTS5 intersect the query with the person's own messages first. Content stays
-# external (a view over messages), so the index holds no copy of the text.
-PROPOSAL_SQL = """
-DROP TABLE IF EXISTS proposal_fts;
-DROP VIEW IF EXISTS proposal_fts_content;
-CREATE VIEW proposal_fts_content AS SELECT id, text, 'u' || user_id AS owner FROM messages;
-CREATE VIRTUAL TABLE proposal_fts USING fts5(
-    text, owner, content='proposal_fts_content', content_rowid='id',
-    tokenize='porter unicode61 remove_diacritics 2'
+# ---- the baseline: the index as it was before migration 4, built on the same database ------------------
+# A plain porter index over the text, with the owner applied as a filter after the match: SQLite ranks every
+# matching message of every person (bm25 per row) before `m.user_id = ?` throws almost all of them away.
+BASELINE_SQL = """
+DROP TABLE IF EXISTS baseline_fts;
+CREATE VIRTUAL TABLE baseline_fts USING fts5(
+    text, content='messages', content_rowid='id', tokenize='porter unicode61 remove_diacritics 2'
 );
-INSERT INTO proposal_fts(proposal_fts) VALUES ('rebuild');
+INSERT INTO baseline_fts(baseline_fts) VALUES ('rebuild');
 """
 
 
-async def proposal_search(store: Any, user_pk: int, query_text: str, limit: int, exclude_session: int | None) -> list[Any]:
-    """search_user_messages with the owner-scoped index (same filters, bm25 with the owner column weighted 0)."""
-    from memory.retrieval import fts_query
+async def baseline_search(store: Any, user_pk: int, query_text: str, limit: int, exclude_session: int | None) -> list[Any]:
+    """The retrieval before migration 4: unowned terms, user filter after the match."""
+    from memory.retrieval import query_words
 
-    query = fts_query(query_text)
-    if query is None:
+    terms = query_words(query_text)
+    if not terms:
         return []
     sql = (
-        "SELECT m.id, m.session_id, m.author, m.text, m.created, bm25(proposal_fts, 1.0, 0.0) AS score "
-        "FROM proposal_fts JOIN messages m ON m.id = proposal_fts.rowid JOIN sessions s ON s.id = m.session_id "
-        "WHERE proposal_fts MATCH ? AND m.user_id = ? AND m.session_id != ? ORDER BY score LIMIT ?"
+        "SELECT m.id, bm25(baseline_fts) AS score FROM baseline_fts JOIN messages m ON m.id = baseline_fts.rowid "
+        "JOIN sessions s ON s.id = m.session_id "
+        "WHERE baseline_fts MATCH ? AND m.user_id = ? AND m.session_id != ? ORDER BY score LIMIT ?"
     )
-    return await store.fetchall(sql, (f"owner : u{user_pk} AND text : ({query})", user_pk, exclude_session or -1, limit))
+    query = " OR ".join(f'"{t}"' for t in terms)
+    return await store.fetchall(sql, (query, user_pk, exclude_session or -1, limit))
 
 
-async def measure_proposal(store: Any, heavy: int, typical: int, queries: int, rng: random.Random) -> dict[str, Any]:
+async def measure_baseline(store: Any, heavy: int, typical: int, queries: int, rng: random.Random) -> dict[str, Any]:
+    """The old index on the same data and questions, and how many top-42 lists the new one reproduces."""
     from memory.retrieval import search_user_messages
 
     start = time.perf_counter()
     async with store.write() as db:
-        await db.executescript(PROPOSAL_SQL)
+        await db.executescript(BASELINE_SQL)
     built = time.perf_counter() - start
     sizes = await store.fetchall(
-        "SELECT (SELECT SUM(LENGTH(block)) FROM messages_fts_data), (SELECT SUM(LENGTH(block)) FROM proposal_fts_data)")
-    out: dict[str, Any] = {"index_build_s": rounded(built), "fts_data_mib_now": rounded(sizes[0][0] / 2**20),
-                           "fts_data_mib_proposal": rounded(sizes[0][1] / 2**20)}
+        "SELECT (SELECT SUM(LENGTH(block)) FROM messages_fts_data), (SELECT SUM(LENGTH(block)) FROM baseline_fts_data)")
+    out: dict[str, Any] = {"index_build_s": rounded(built), "fts_data_mib_owner_terms": rounded(sizes[0][0] / 2**20),
+                           "fts_data_mib_baseline": rounded(sizes[0][1] / 2**20)}
     for label, user_pk in (("heavy_user", heavy), ("typical_user", typical)):
         exclude = await store.scalar("SELECT MAX(id) FROM sessions WHERE user_id = ?", (user_pk,))
         times: list[float] = []
-        same = 0
+        overlap = 0.0
         for _ in range(queries):
             text = question(rng)
             t0 = time.perf_counter()
-            rows = await proposal_search(store, user_pk, text, 42, exclude)
+            rows = await baseline_search(store, user_pk, text, 42, exclude)
             times.append(time.perf_counter() - t0)
             now = await search_user_messages(store, user_pk, text, limit=42, exclude_session=exclude)
-            same += [int(r[0]) for r in rows] == [e.message_id for e in now]
+            old_ids = {int(r[0]) for r in rows}
+            overlap += len(old_ids & {e.message_id for e in now}) / max(len(old_ids), 1)
         out[label] = {"p50_ms": rounded(1000 * percentile(times, 50)), "p95_ms": rounded(1000 * percentile(times, 95)),
-                      "same_results_as_now": f"{same}/{queries}"}
+                      "top42_overlap_with_owner_terms": rounded(overlap / queries)}
     async with store.write() as db:
-        await db.executescript("DROP TABLE proposal_fts; DROP VIEW proposal_fts_content;")
+        await db.executescript("DROP TABLE baseline_fts;")
     return out
 
 
@@ -240,9 +239,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "typical_user_messages": int(typical_count or 0),
                 "typical_user_fts": await measure_queries(store, typical, args.queries, rng),
             }
-            if args.proposal:
-                entry["proposal_owner_scoped_fts"] = await measure_proposal(
+            if args.baseline:
+                entry["baseline_unowned_fts"] = await measure_baseline(
                     store, builder.heavy, typical, args.queries, random.Random(99))
+                for label in ("heavy_user", "typical_user"):
+                    entry[f"{label}_p95_speedup_vs_baseline"] = rounded(
+                        entry["baseline_unowned_fts"][label]["p95_ms"] / max(entry[f"{label}_fts"]["p95_ms"], 1e-6))
             log(f"{size}: {entry}")
             results[f"messages_{size}"] = entry
     finally:
@@ -273,8 +275,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--queries", type=int, default=200, help="queries per user and size")
     parser.add_argument("--dir", default=None, help="where to build the database (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
-    parser.add_argument("--no-proposal", dest="proposal", action="store_false",
-                        help="skip measuring the proposed owner-scoped FTS5 index")
+    parser.add_argument("--no-baseline", dest="baseline", action="store_false",
+                        help="skip the baseline (the unowned index before migration 4)")
     args = parser.parse_args(argv)
     if args.quick:
         args.sizes, args.users, args.queries = "2000,10000", 50, 20

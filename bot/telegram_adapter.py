@@ -56,7 +56,7 @@ from telegram.ext import (
 from bot.config import ConfigError, TelegramSettings
 from bot.dispatcher import ADMIN_COMMANDS, USER_COMMANDS
 from bot.incoming import IncomingMessage, Reply
-from bot.text import redact_in_logs, split_message
+from bot.text import defuse_usernames, redact_in_logs, split_message
 from memory import inbox
 from memory.store import Store
 
@@ -92,7 +92,10 @@ def _utf16_len(text: str) -> int:
 
 
 def telegram_chunks(text: str) -> list[str]:
-    """Split at paragraph/line/sentence/word boundaries; Telegram counts UTF-16 units, so re-split if needed."""
+    """Split at paragraph/line/sentence/word boundaries; Telegram counts UTF-16 units, so re-split if needed.
+
+    Every text the bot sends from a reply goes through here, so @usernames are defused here too."""
+    text = defuse_usernames(text)
     limit = MAX_TEXT
     while True:
         parts = split_message(text, limit)

@@ -35,6 +35,15 @@ def defuse_mentions(text: str) -> str:
     return _MASS_MENTION.sub(lambda m: "@\u200b" + m.group(1), text)
 
 
+_USERNAME = re.compile(r"(?<![\w@/.])@([A-Za-z][A-Za-z0-9_]{3,31})\b")
+
+
+def defuse_usernames(text: str) -> str:
+    """Break @username with a word joiner. Telegram turns any "@name" in plain text into a mention that
+    notifies that person; a model that repeats a name it saw must not ping people into a chat."""
+    return _USERNAME.sub(lambda m: "@\u2060" + m.group(1), text)
+
+
 def split_message(text: str, limit: int) -> list[str]:
     """Split at paragraph, then line, then sentence, then word boundaries, never over `limit`."""
     text = text.strip()

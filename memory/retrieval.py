@@ -1,7 +1,8 @@
 """Verbatim evidence from a person's past sessions, found with SQLite FTS5 (BM25).
 
 Compression drops details; a keyword search over the person's own earlier turns finds them again.
-The search is always filtered to one user, and to non-private sessions when the reply goes to a group.
+The index holds owner-prefixed terms (memory/fts.py): a search reads one person's postings only. It is
+always filtered to one user, and to non-private sessions when the reply goes to a group.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from memory.fts import owner_query
 from memory.store import Store
 from models.profiles.base import STOPWORDS
 
@@ -25,8 +27,8 @@ class Evidence:
     score: float
 
 
-def fts_query(text: str, max_terms: int = 16) -> str | None:
-    """OR of the question's content words, each quoted so user text can never become FTS syntax."""
+def query_words(text: str, max_terms: int = 16) -> list[str]:
+    """The question's content words, in order, stop words dropped."""
     terms: list[str] = []
     for match in _TOKEN.finditer(text.lower()):
         word = match.group(0)
@@ -35,9 +37,7 @@ def fts_query(text: str, max_terms: int = 16) -> str | None:
         terms.append(word)
         if len(terms) >= max_terms:
             break
-    if not terms:
-        return None
-    return " OR ".join(f'"{t}"' for t in terms)
+    return terms
 
 
 async def search_user_messages(
@@ -49,9 +49,11 @@ async def search_user_messages(
     exclude_session: int | None = None,
     include_private: bool = True,
 ) -> list[Evidence]:
-    query = fts_query(query_text)
+    query = owner_query(user_pk, query_words(query_text))
     if query is None or limit <= 0:
         return []
+    # The owner-prefixed terms already confine the match to this person; `m.user_id = ?` stays as a
+    # second lock on the door.
     sql = (
         "SELECT m.id, m.session_id, m.author, m.text, m.created, bm25(messages_fts) AS score "
         "FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid "

@@ -139,6 +139,33 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (platform, update_id)
     );
     """,
+    # 4: the full-text index holds owner-prefixed stemmed terms (memory/fts.py), so a search reads one
+    # person's postings only. The content is a view over messages: no copy of any text is stored.
+    """
+    DROP TRIGGER messages_fts_insert;
+    DROP TRIGGER messages_fts_delete;
+    DROP TRIGGER messages_fts_update;
+    DROP TABLE messages_fts;
+    CREATE VIEW messages_fts_content AS
+        SELECT id, membot_fts_terms(user_id, text) AS terms FROM messages;
+    CREATE VIRTUAL TABLE messages_fts USING fts5(
+        terms, content='messages_fts_content', content_rowid='id', tokenize='unicode61 remove_diacritics 0'
+    );
+    CREATE VIRTUAL TABLE messages_fts_vocab USING fts5vocab(messages_fts, 'row');
+    CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+        INSERT INTO messages_fts(rowid, terms) VALUES (new.id, membot_fts_terms(new.user_id, new.text));
+    END;
+    CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
+        INSERT INTO messages_fts(messages_fts, rowid, terms)
+            VALUES ('delete', old.id, membot_fts_terms(old.user_id, old.text));
+    END;
+    CREATE TRIGGER messages_fts_update AFTER UPDATE OF text, user_id ON messages BEGIN
+        INSERT INTO messages_fts(messages_fts, rowid, terms)
+            VALUES ('delete', old.id, membot_fts_terms(old.user_id, old.text));
+        INSERT INTO messages_fts(rowid, terms) VALUES (new.id, membot_fts_terms(new.user_id, new.text));
+    END;
+    INSERT INTO messages_fts(messages_fts) VALUES ('rebuild');
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

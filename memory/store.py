@@ -17,6 +17,7 @@ from typing import Any
 
 import aiosqlite
 
+from memory.fts import register_async
 from memory.schema import MIGRATIONS, SCHEMA_VERSION
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ class StoreError(Exception):
 
 async def _configure(conn: aiosqlite.Connection) -> None:
     conn.row_factory = sqlite3.Row
+    await register_async(conn)  # the full-text index's triggers call it
     await conn.execute("PRAGMA journal_mode=WAL")
     await conn.execute("PRAGMA foreign_keys=ON")
     await conn.execute("PRAGMA busy_timeout=10000")

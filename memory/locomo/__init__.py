@@ -1,8 +1,7 @@
 """LoCoMo benchmark support: dataset loader, the dataset's own QA scoring, and result reports.
 
-Submodules: :mod:`memory.locomo.dataset`, :mod:`memory.locomo.scoring`,
-:mod:`memory.locomo.porter` (NLTK-compatible stemmer) and :mod:`memory.locomo.report`
-(imported lazily by callers because it pulls in matplotlib).
+Submodules: :mod:`memory.locomo.dataset`, :mod:`memory.locomo.scoring` and
+:mod:`memory.locomo.report` (imported lazily by callers because it pulls in matplotlib).
 """
 
 from memory.locomo.dataset import Conversation, Question, Session, Turn, load_locomo

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from memory.locomo.dataset import Question
-from memory.locomo.porter import stem
+from memory.porter import stem
 
 __all__ = [
     "ABSTENTION_PHRASES",

@@ -40,8 +40,9 @@ def test_store_quick() -> None:
     assert large["messages"] == 10_000 and large["db_bytes"] > small["db_bytes"] > 0
     assert large["insert_messages_per_s"] > 0
     assert large["heavy_user_fts"]["p95_ms"] > 0 and large["heavy_user_fts"]["mean_hits"] > 0
-    proposal = large["proposal_owner_scoped_fts"]
-    assert proposal["heavy_user"]["p95_ms"] > 0
+    baseline = large["baseline_unowned_fts"]
+    assert baseline["heavy_user"]["p95_ms"] > 0 and large["heavy_user_p95_speedup_vs_baseline"] > 0
+    assert 0.5 < baseline["typical_user"]["top42_overlap_with_owner_terms"] <= 1
     assert isinstance(result["target_met"], bool)
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from memory.locomo.dataset import Question, load_locomo
-from memory.locomo.porter import stem
 from memory.locomo.scoring import (
     answer_token_recall,
     context_has_answer,
@@ -25,6 +24,7 @@ from memory.locomo.scoring import (
     simple_tokenize,
     stemmed_tokens,
 )
+from memory.porter import stem
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEV = REPO_ROOT.parent / "shared" / "data" / "locomo" / "locomo_dev.json"

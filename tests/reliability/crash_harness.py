@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from memory.fts import register as register_fts
 from tests.fakes.telegram_api import FakeTelegramServer
 from tests.reliability import netaudit
 
@@ -287,6 +288,7 @@ class Drill:
         """The invariants, on the database the killed bot left (opened read-write: WAL recovery runs)."""
         s = self.state
         conn = sqlite3.connect(self.db, timeout=10)
+        register_fts(conn)
         try:
             integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
             if integrity != "ok":

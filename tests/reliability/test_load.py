@@ -25,6 +25,7 @@ import pytest
 from bot.app import App
 from bot.config import load_settings
 from bot.incoming import IncomingMessage
+from memory.fts import register as register_fts
 from models.fake import FakeBackend
 
 USERS = 200
@@ -126,6 +127,7 @@ async def test_200_people_20_messages_each_nothing_lost_in_order(
     assert "database is locked" not in caplog.text.lower()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     with sqlite3.connect(db) as conn:
+        register_fts(conn)
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         conn.execute("INSERT INTO messages_fts(messages_fts, rank) VALUES ('integrity-check', 1)")
         rows = conn.execute(

@@ -18,6 +18,7 @@ from bot.app import App
 from bot.config import Settings
 from bot.incoming import IncomingMessage
 from memory import inbox
+from memory.fts import owner_prefix
 from models.base import Prompt
 from models.fake import FakeBackend, default_response
 from tests.fakes.clock import ManualClock
@@ -98,6 +99,8 @@ async def test_forget_deletes_every_row_and_the_bytes_leave_the_files(
         b_counts = {t: await app.store.scalar(f"SELECT COUNT(*) FROM {t} WHERE user_id = ?", (b_pk,))
                     for t in PER_USER_TABLES}
 
+        vocab = "SELECT COUNT(*) FROM messages_fts_vocab WHERE term LIKE ?"
+        assert await app.store.scalar(vocab, (f"%{A_CANARIES[0].lower()}%",)) == 1  # indexed before
         answer = await app.dispatcher.handle(_msg(A, "/forget"))
         assert answer.confirm == "forget"  # asks first; the adapter calls forget on "yes"
         assert "deleted everything" in await app.dispatcher.forget("telegram", A)
@@ -110,11 +113,12 @@ async def test_forget_deletes_every_row_and_the_bytes_leave_the_files(
         assert await q("SELECT COUNT(*) FROM inbox WHERE user_id = ?", (A,)) == 0
         # The full-text index: no row, no term, consistent with the table, and B is still found.
         for word in A_CANARIES:
-            assert await q("SELECT COUNT(*) FROM messages_fts WHERE messages_fts MATCH ?", (f'"{word}"',)) == 0
+            assert await q("SELECT COUNT(*) FROM messages_fts_vocab WHERE term LIKE ?", (f"%{word.lower()}%",)) == 0
         assert await q("SELECT COUNT(*) FROM messages_fts_docsize") == await q("SELECT COUNT(*) FROM messages")
         async with app.store.write() as conn:
             await conn.execute("INSERT INTO messages_fts(messages_fts, rank) VALUES ('integrity-check', 1)")
-        assert await q("SELECT COUNT(*) FROM messages_fts WHERE messages_fts MATCH '\"QJVDMSECRETB1\"'") == 2  # B's turn and its reply
+        b_term = f"{owner_prefix(b_pk)}qjvdmsecretb1"
+        assert await q("SELECT COUNT(*) FROM messages_fts WHERE messages_fts MATCH ?", (f'"{b_term}"',)) == 2  # B's turn and its reply
         for table, count in b_counts.items():
             assert await q(f"SELECT COUNT(*) FROM {table} WHERE user_id = ?", (b_pk,)) == count, table
         assert await q("SELECT COUNT(*) FROM inbox WHERE user_id = ?", (B,)) == 1
@@ -212,7 +216,7 @@ async def test_retention_deletes_old_summarised_messages_only(settings: Settings
         assert await app.store.scalar("SELECT COUNT(*) FROM session_memories") == 1  # the summary stays
         assert "Lyon" in (await app.store.scalar("SELECT facts FROM session_memories"))
         assert await app.store.scalar("SELECT COUNT(*) FROM compressive_memories") >= 1
-        assert await app.store.scalar("SELECT COUNT(*) FROM messages_fts WHERE messages_fts MATCH 'zqxoldraw'") == 0
+        assert await app.store.scalar("SELECT COUNT(*) FROM messages_fts_vocab WHERE term LIKE '%zqxoldraw%'") == 0
         async with app.store.write() as conn:
             await conn.execute("INSERT INTO messages_fts(messages_fts, rank) VALUES ('integrity-check', 1)")
         assert not any(form in _db_bytes(db) for form in _forms("ZQXOLDRAW"))

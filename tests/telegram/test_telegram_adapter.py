@@ -160,6 +160,18 @@ async def test_group_answers_only_mentions_replies_and_commands(
     assert tuple(chat) == ("group", f"Test supergroup {GROUP}")
 
 
+async def test_usernames_in_a_reply_do_not_ping_anyone(
+    bot: TelegramAdapter, fake_telegram: FakeTelegramServer, app: App
+) -> None:
+    server = fake_telegram
+    server.send_group_text(GROUP, USER, "say hi to @alice_smith and mail bob@example.com", mention_bot=True)
+    reply = await server.wait_for_call("sendMessage", lambda c: c.params["chat_id"] == GROUP, done=True)
+    text = reply.params["text"]
+    assert "@alice_smith" not in text and "@\u2060alice_smith" in text  # shown, but no mention entity
+    assert "bob@example.com" in text  # an e-mail address is left alone
+    assert await _user_texts(app) == ["say hi to @alice_smith and mail bob@example.com"]  # stored as written
+
+
 async def test_memory_belongs_to_the_person_and_private_facts_stay_out_of_groups(
     bot: TelegramAdapter, fake_telegram: FakeTelegramServer, app: App
 ) -> None:

@@ -8,6 +8,9 @@ Porter's published extensions plus NLTK's own additions (irregular-form table, `
 two-letter ``*o`` case, and words of <= 2 letters left alone). It was checked against NLTK 3.10
 on every token of the LoCoMo dev split.
 
+The reply context's FTS5 index (:mod:`memory.fts`) stems with it too, so the words a person wrote and
+the words of the question meet in one form.
+
 Only the default mode is provided: that is the one ``PorterStemmer()`` builds, and thus the one
 LoCoMo's scores were computed with.
 """

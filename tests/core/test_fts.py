@@ -1,0 +1,81 @@
+"""The full-text index: owner-prefixed stemmed terms, one person's search never reads another's messages,
+and a database from before the index changed is re-indexed on open."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from memory.fts import owner_query, owner_terms, register, words
+from memory.retrieval import search_user_messages
+from memory.schema import MIGRATIONS
+from memory.store import Store
+
+
+def test_terms_are_stemmed_folded_and_owned() -> None:
+    assert words("Sisters LIVED in Zürich!") == ["sister", "live", "in", "zurich"]
+    assert owner_terms(12, "my sisters") == "u12wmy u12wsister"
+    assert owner_terms(1, "2x") != owner_terms(12, "x")  # u1w2x vs u12wx
+    assert owner_query(7, ["sisters", "live"]) == '"u7wsister" OR "u7wlive"'
+    # Quotes and FTS syntax in what a person types stay words.
+    assert owner_query(7, ['"a" NEAR(b)', "OR"]) == '"u7wa" OR "u7wnear" OR "u7wb" OR "u7wor"'
+    assert owner_query(7, []) is None
+
+
+def _v3_database_with_messages(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    for number, script in enumerate(MIGRATIONS[:3], start=1):
+        conn.executescript(script)
+        conn.execute(f"PRAGMA user_version = {number}")
+    conn.execute("INSERT INTO users(id, platform, platform_user_id, created) VALUES (1, 'c', 'ann', 0), (2, 'c', 'bob', 0)")
+    conn.execute("INSERT INTO chats(id, platform, platform_chat_id, kind, created) VALUES (1, 'c', 'x', 'dm', 0)")
+    conn.execute("INSERT INTO sessions(id, user_id, chat_id, private, started, last_activity) VALUES (1, 1, 1, 1, 0, 0)")
+    conn.execute("INSERT INTO sessions(id, user_id, chat_id, private, started, last_activity) VALUES (2, 2, 1, 1, 0, 0)")
+    rows = [
+        (1, 1, "user", "My sister lives in Lyon."),
+        (1, 1, "bot", "Lyon is lovely!"),
+        (2, 2, "user", "My sister lives in Oslo and paints."),
+    ]
+    conn.executemany(
+        "INSERT INTO messages(session_id, user_id, chat_id, author, text, created) VALUES (?, ?, 1, ?, ?, 0)", rows
+    )
+    conn.commit()
+    conn.close()
+
+
+async def test_old_database_is_reindexed_and_each_person_finds_only_their_own(tmp_path: Path) -> None:
+    path = tmp_path / "v3.sqlite3"
+    _v3_database_with_messages(path)
+    async with Store(path) as store:
+        ann = await search_user_messages(store, 1, "Where does my sister live?")
+        bob = await search_user_messages(store, 2, "Where does my sister live?")
+        assert [e.text for e in ann] == ["My sister lives in Lyon."]
+        assert [e.text for e in bob] == ["My sister lives in Oslo and paints."]
+        assert await search_user_messages(store, 1, "paints Oslo") == []  # Bob's words, Ann's search
+        assert {e.author for e in await search_user_messages(store, 1, "lyon")} == {"user", "bot"}
+        # Deleting a person takes their terms out of the index, and the index agrees with the table.
+        async with store.write() as db:
+            await db.execute("DELETE FROM users WHERE id = 2")
+            await db.execute("INSERT INTO messages_fts(messages_fts, rank) VALUES ('integrity-check', 1)")
+        assert await store.scalar("SELECT COUNT(*) FROM messages_fts_vocab WHERE term LIKE 'u2w%'") == 0
+        assert await store.scalar("SELECT COUNT(*) FROM messages_fts_vocab WHERE term = 'u1wlyon'") == 1
+
+
+def test_a_shell_without_the_function_refuses_writes_cleanly(tmp_path: Path) -> None:
+    path = tmp_path / "v3.sqlite3"
+    _v3_database_with_messages(path)
+    conn = sqlite3.connect(path)
+    register(conn)
+    for number in (4,):
+        conn.executescript(MIGRATIONS[number - 1])
+    conn.commit()
+    conn.close()
+    bare = sqlite3.connect(path)
+    assert bare.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 3  # reading needs nothing
+    with pytest.raises(sqlite3.OperationalError, match="membot_fts_terms"):
+        bare.execute("DELETE FROM messages WHERE id = 1")
+    bare.rollback()
+    assert bare.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 3
+    bare.close()
