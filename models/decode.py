@@ -68,6 +68,7 @@ def decode(
     pad_token_id: int,
     should_stop: Callable[[], bool] | None = None,
     use_cuda_graphs: bool = False,
+    stepper: Any = None,
 ) -> list[list[int]]:
     """Generate continuations for a LEFT-padded batch.
 
@@ -81,6 +82,9 @@ def decode(
     ``pad_token_id`` is accepted for API symmetry with ``generate()`` and is used
     by the CUDA-graph path to fill bucket padding rows; the plain loop never feeds
     pad tokens because finished rows leave the batch.
+
+    ``stepper`` (a :class:`models.fast_llama.FastLlamaStepper`) runs the decode steps after the prefill
+    instead of the model's own forward (the int4 CPU path).
     """
     if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape:
         raise ValueError("input_ids and attention_mask must both be (batch, seq_len)")
@@ -102,7 +106,7 @@ def decode(
         if result is not None:
             return result
 
-    return _decode_dynamic(model, input_ids, attention_mask, params, should_stop=should_stop)
+    return _decode_dynamic(model, input_ids, attention_mask, params, should_stop=should_stop, stepper=stepper)
 
 
 # --------------------------------------------------------------------------------------
@@ -307,6 +311,7 @@ def _decode_dynamic(
     params: DecodeParams,
     *,
     should_stop: Callable[[], bool] | None,
+    stepper: Any = None,
 ) -> list[list[int]]:
     batch_size = input_ids.shape[0]
     results: list[list[int]] = [[] for _ in range(batch_size)]
@@ -339,6 +344,10 @@ def _decode_dynamic(
         cache = out.past_key_values
         logits = out.logits[:, -1].float()
         del out
+        state = None
+        if stepper is not None:
+            state = stepper.start(cache, attention_mask, params.max_new_tokens)
+            cache = None
         selector = TokenSelector(params, input_ids, attention_mask, logits.shape[-1])
 
         while True:
@@ -354,12 +363,19 @@ def _decode_dynamic(
                 # Finished rows leave the batch: later steps compute live rows only.
                 rows_t = torch.tensor(keep, dtype=torch.long, device=device)
                 live_rows = [live_rows[i] for i in keep]
-                cache = _select_cache_rows(cache, rows_t)
+                if state is not None:
+                    state.keep(rows_t)
+                else:
+                    cache = _select_cache_rows(cache, rows_t)
                 tokens = tokens.index_select(0, rows_t)
                 next_pos = next_pos.index_select(0, rows_t)
                 if mask is not None:
                     mask = mask.index_select(0, rows_t)
                 selector.keep(keep, rows_t)
+            if state is not None:
+                logits = state.step(tokens, next_pos)
+                next_pos = next_pos + 1
+                continue
             if mask is not None:
                 mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
             out = model(

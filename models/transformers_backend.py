@@ -53,6 +53,7 @@ class TransformersBackend:
         self.device = device
         self.lean_decode = lean_decode
         self.quantization: Any = None  # a models.quantize.QuantizeReport when load() quantized the model
+        self.stepper: Any = None  # a models.fast_llama.FastLlamaStepper for int4 Llama models
         self.is_seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
         self.tokenizer.padding_side = "left" if not self.is_seq2seq else "right"
         if self.tokenizer.pad_token_id is None:
@@ -107,6 +108,8 @@ class TransformersBackend:
                 log.warning("model.quantize = %r: no layer of this model could be quantized", quantize)
         backend = cls(model, tokenizer, name=os.path.basename(str(name_or_path).rstrip("/")), device=device)
         backend.quantization = report
+        if report is not None and report.quantized:
+            backend.stepper = fast_stepper(model)
         return backend
 
     def count_tokens(self, text: str) -> int:
@@ -221,6 +224,7 @@ class TransformersBackend:
                 stop_token_ids=self.stop_token_ids(), seed=params.seed,
             ),
             pad_token_id=self.tokenizer.pad_token_id,
+            stepper=self.stepper,
         )
 
     def _generate(self, batch: Any, params: GenParams, streamer: Any = None) -> list[list[int]]:
@@ -260,6 +264,17 @@ class TransformersBackend:
 
     def close(self) -> None:
         self.model = None
+
+
+def fast_stepper(model: Any) -> Any:
+    """The int4 path's own decode steps (models/fast_llama.py) when the model's shape allows them."""
+    from models.fast_llama import FastLlamaStepper, supported
+
+    why = supported(model)
+    if why is not None:
+        log.info("int4 decode steps through transformers (%s)", why)
+        return None
+    return FastLlamaStepper(model)
 
 
 def _min_new_tokens(params: GenParams) -> int:
