@@ -81,7 +81,7 @@ def run_generate(model: Any, ids: Any, mask: Any, new_tokens: int, pad_id: int) 
     return {"total": total, "cpu": cpu, "ttft": marks[0] - start, "rows": rows}
 
 
-def run_lean(model: Any, ids: Any, mask: Any, new_tokens: int, pad_id: int) -> dict[str, Any]:
+def run_lean(model: Any, ids: Any, mask: Any, new_tokens: int, pad_id: int, stepper: Any = None) -> dict[str, Any]:
     from models.decode import DecodeParams, decode
 
     marks: list[float] = []
@@ -92,7 +92,7 @@ def run_lean(model: Any, ids: Any, mask: Any, new_tokens: int, pad_id: int) -> d
 
     start, cpu = time.perf_counter(), time.process_time()
     rows = decode(model, ids, mask, DecodeParams(max_new_tokens=new_tokens), pad_token_id=pad_id,
-                  should_stop=should_stop)
+                  should_stop=should_stop, stepper=stepper)
     total, cpu = time.perf_counter() - start, time.process_time() - cpu
     ttft = (marks[1] if len(marks) > 1 else time.perf_counter()) - start
     return {"total": total, "cpu": cpu, "ttft": ttft, "rows": rows}
@@ -126,6 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=2, help="interleaved runs per variant; the fastest counts")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--no-int4", action="store_true", help="skip the int4 variant")
+    parser.add_argument("--no-int4-hf", action="store_true",
+                        help="skip int4 through transformers' steps (shown to isolate the own decode steps)")
     parser.add_argument("--cache-dir", default=None, help="the de-quantized model folder (default: .cache/)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -138,6 +140,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from models.embedded import GGUF_FILE, MODEL_NAME, gguf_folder
     from models.quantize import int4_available, quantize_model
+    from models.transformers_backend import fast_stepper
 
     batches = [int(b) for b in args.batches.split(",")]
     counts = [int(n) for n in args.new_tokens.split(",")]
@@ -150,9 +153,9 @@ def main(argv: list[str] | None = None) -> None:
     fp32 = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     fp32.generation_config.eos_token_id = None  # every row makes exactly the requested number of tokens
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    variants: dict[str, tuple[str, Any]] = {
-        "generate_fp32": ("generate", fp32),
-        "lean_fp32": ("lean", fp32),
+    variants: dict[str, tuple[str, Any, Any]] = {
+        "generate_fp32": ("generate", fp32, None),
+        "lean_fp32": ("lean", fp32, None),
     }
     quant_info: dict[str, Any] | None = None
     if not args.no_int4 and int4_available():
@@ -160,7 +163,13 @@ def main(argv: list[str] | None = None) -> None:
         start = time.perf_counter()
         report = quantize_model(int4, "int4")
         quant_info = {"seconds": rounded(time.perf_counter() - start), "summary": report.summary()}
-        variants["lean_int4"] = ("lean", int4)
+        # What `model.quantize = "int4"` runs: the int4 weights with the project's own decode steps
+        # (models/fast_llama.py); and, to show what those steps add, the same weights through transformers.
+        stepper = fast_stepper(int4)
+        quant_info["fast_steps"] = stepper is not None
+        variants["lean_int4"] = ("lean", int4, stepper)
+        if stepper is not None and not args.no_int4_hf:
+            variants["lean_int4_hf_steps"] = ("lean", int4, None)
     log(f"variants: {', '.join(variants)}; threads {torch.get_num_threads()}")
 
     results: dict[str, Any] = {}
@@ -168,9 +177,11 @@ def main(argv: list[str] | None = None) -> None:
         ids, mask = _encode(tokenizer, batch)
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
         for repeat in range(args.repeats):
-            for name, (kind, model) in variants.items():
-                fn = run_generate if kind == "generate" else run_lean
-                run = fn(model, ids, mask, new_tokens, pad_id)
+            for name, (kind, model, stepper) in variants.items():
+                if kind == "generate":
+                    run = run_generate(model, ids, mask, new_tokens, pad_id)
+                else:
+                    run = run_lean(model, ids, mask, new_tokens, pad_id, stepper)
                 runs[name].append(run)
                 log(f"batch {batch} {name} run {repeat}: {run['total']:.2f}s")
         entry: dict[str, Any] = {"batch": batch, "new_tokens_per_row": new_tokens,
@@ -204,6 +215,12 @@ def main(argv: list[str] | None = None) -> None:
             entry["speedup_lean_int4_vs_generate_decode_only"] = rounded(
                 entry["lean_int4"]["decode_tokens_per_s"] / entry["generate_fp32"]["decode_tokens_per_s"]
             )
+            if "lean_int4_hf_steps" in runs:
+                entry["speedup_int4_own_steps_vs_int4_hf_steps"] = rounded(
+                    entry["lean_int4"]["new_tokens_per_s"] / entry["lean_int4_hf_steps"]["new_tokens_per_s"])
+                hf_rows = runs["lean_int4_hf_steps"][0]["rows"]
+                entry["int4_own_steps_identical_rows_to_hf_steps"] = sum(
+                    a == b for a, b in zip(int4_rows, hf_rows, strict=True))
         results[f"batch_{batch}"] = entry
 
     sample = tokenizer.decode(runs.get("lean_int4", runs["lean_fp32"])[0]["rows"][0], skip_special_tokens=True)

@@ -62,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     locomo.add_argument("--answer-questions", type=int,
                         help="generate answers for only the first N questions of each conversation (cost)")
     locomo.add_argument("--no-answers", action="store_true", help="skip answer generation (recall only)")
+    locomo.add_argument("--with-contexts", action="store_true",
+                        help="keep every reply context in report.json (for checking answers by hand; large)")
     locomo.add_argument("--out", required=True, help="output folder")
     return parser
 

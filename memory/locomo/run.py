@@ -240,6 +240,7 @@ async def run_locomo(
     builder_options: dict[str, Any] | None = None,
     reuse: bool = False,
     answer_questions: int | None = None,
+    with_contexts: bool = False,
 ) -> dict[str, Any]:
     from tqdm import tqdm
 
@@ -287,7 +288,7 @@ async def run_locomo(
         "malformed_outputs": sum(r.jobs.malformed for r in results),
         **(meta or {}),
     }
-    return write_report(out, records, cost, full_meta)
+    return write_report(out, records, cost, full_meta, include_context=with_contexts)
 
 
 async def run_locomo_cli(settings: Any, args: argparse.Namespace) -> int:
@@ -308,7 +309,7 @@ async def run_locomo_cli(settings: Any, args: argparse.Namespace) -> int:
             conversations=convs, strategies=strategies, budgets=budgets, answer_budgets=answer_budgets,
             limit_sessions=args.limit_sessions, limit_questions=args.limit_questions,
             batch_size=settings.jobs.batch_size, memory_max_new_tokens=settings.model.memory_max_new_tokens,
-            reuse=args.reuse, answer_questions=args.answer_questions,
+            reuse=args.reuse, answer_questions=args.answer_questions, with_contexts=args.with_contexts,
             meta={"command": "membot " + " ".join(sys.argv[1:]) if sys.argv else "", "cpus": os.cpu_count()},
         )
     finally:
