@@ -165,9 +165,7 @@ async def replay_conversation(
             if last is not None:
                 await sessions.end_session(last.user_pk, reason="locomo session end")
             last = None
-            report = await jobs.run_until_idle()
-            result.jobs.add(report.session_memories)
-            result.jobs.add(report.compressions)
+            await jobs.run_until_idle()
             if progress is not None:
                 progress.update(1)
         if done is None:
@@ -176,6 +174,12 @@ async def replay_conversation(
             await store.set_kv(replayed_key, json.dumps(
                 {"calls": counter.calls, "tokens": counter.tokens, "seconds": result.memory_seconds}))
 
+        # What the memory holds, counted from the database (so a re-scoring run reports it too).
+        result.jobs = TaskReport(
+            written=int(await store.scalar("SELECT COUNT(*) FROM session_memories WHERE source = 'model'") or 0),
+            fallbacks=int(await store.scalar("SELECT COUNT(*) FROM session_memories WHERE source = 'fallback'") or 0),
+            malformed=int(await store.scalar("SELECT COUNT(*) FROM model_outputs WHERE flagged = 1") or 0),
+        )
         questions = questions_within(conv, limit_sessions)[: limit_questions or None]
         clock.now += 86400
         for number, q in enumerate(questions):
@@ -283,7 +287,7 @@ async def run_locomo(
         "limit_sessions": limit_sessions, "limit_questions": limit_questions,
         "answer_budgets": answer_budgets, "answer_questions_per_conversation": answer_questions,
         "total_seconds": round(time.perf_counter() - started, 1),
-        "session_memories": sum(r.jobs.written for r in results),
+        "session_memories": sum(r.jobs.written + r.jobs.fallbacks for r in results),
         "fallback_memories": sum(r.jobs.fallbacks for r in results),
         "malformed_outputs": sum(r.jobs.malformed for r in results),
         **(meta or {}),

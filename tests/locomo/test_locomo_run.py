@@ -57,5 +57,7 @@ async def test_reuse_rescored_without_rebuilding_memory(tmp_path: Path) -> None:
         second = await run_locomo(**kwargs, reuse=True)
         assert len(backend.calls) == calls
         assert first["cells"]["hybrid"]["512"]["recall"] == second["cells"]["hybrid"]["512"]["recall"]
+        meta = json.loads((tmp_path / "report.json").read_text())["meta"]
+        assert meta["session_memories"] == 2  # counted from the database, not from this run's jobs
     finally:
         await worker.close()
