@@ -121,7 +121,9 @@ class Dispatcher:
         except (StoreError, OSError) as exc:
             log.error("could not store a message: %s", exc)
             return Reply(STORE_APOLOGY, kind="apology")
-        if recorded.duplicate:
+        if recorded.duplicate and await self.sessions.answered(recorded):
+            # Re-delivered after it was answered. One re-delivered because a crash came before its reply
+            # (the inbox replays it) is answered now, from the copy already stored.
             return Reply("", kind="none")
         try:
             context = await self.context.build(

@@ -126,6 +126,14 @@ class SessionManager:
             await db.execute("UPDATE sessions SET last_activity = ? WHERE id = ?", (now, session_id))
         return Recorded(user_pk, chat_pk, session_id, message_id, chat_kind in PRIVATE_KINDS, False, new)
 
+    async def answered(self, recorded: Recorded) -> bool:
+        """Whether the bot spoke in the session after this message (a reply, or a later one's reply)."""
+        row = await self.store.fetchone(
+            "SELECT 1 FROM messages WHERE session_id = ? AND author = 'bot' AND id > ? LIMIT 1",
+            (recorded.session_id, recorded.message_id),
+        )
+        return row is not None
+
     async def ensure_session(
         self, *, platform: str, user_id: str, display_name: str, chat_id: str, chat_kind: str,
         when: float | None = None,

@@ -61,6 +61,17 @@ async def test_duplicate_delivery_gets_no_second_reply(app: App) -> None:
     assert await app.store.scalar("SELECT COUNT(*) FROM messages WHERE author = 'user'") == 1
 
 
+async def test_a_message_stored_before_a_crash_but_never_answered_is_answered_when_redelivered(app: App) -> None:
+    # The crash came after the message was committed and before the model answered (the inbox replays it).
+    await app.sessions.record_user_message(platform="telegram", user_id="alice", display_name="Alice",
+                                           chat_id="dm-alice", chat_kind="dm", text="hi", platform_message_id="8")
+    reply = await app.dispatcher.handle(_msg("hi", mid="8"))
+    assert reply.kind == "reply" and reply.text == "echo: hi"
+    assert (await app.dispatcher.handle(_msg("hi", mid="8"))).silent  # and only once
+    rows = await app.store.fetchall("SELECT author, text FROM messages ORDER BY id")
+    assert [tuple(r) for r in rows] == [("user", "hi"), ("bot", "echo: hi")]
+
+
 async def test_user_commands(app: App, clock: ManualClock) -> None:
     d = app.dispatcher
     assert "/memory" in (await d.handle(_msg("/help"))).text
