@@ -69,6 +69,7 @@ def decode(
     should_stop: Callable[[], bool] | None = None,
     use_cuda_graphs: bool = False,
     stepper: Any = None,
+    prefill_rows: int | None = None,
 ) -> list[list[int]]:
     """Generate continuations for a LEFT-padded batch.
 
@@ -84,7 +85,9 @@ def decode(
     pad tokens because finished rows leave the batch.
 
     ``stepper`` (a :class:`models.fast_llama.FastLlamaStepper`) runs the decode steps after the prefill
-    instead of the model's own forward (the int4 CPU path).
+    instead of the model's own forward (the int4 CPU path). ``prefill_rows`` prefills a big batch that many
+    rows at a time, polling ``should_stop`` between the chunks, so that a caller can serve other work there
+    (the model worker answers waiting replies in the middle of a job batch).
     """
     if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape:
         raise ValueError("input_ids and attention_mask must both be (batch, seq_len)")
@@ -106,7 +109,8 @@ def decode(
         if result is not None:
             return result
 
-    return _decode_dynamic(model, input_ids, attention_mask, params, should_stop=should_stop, stepper=stepper)
+    return _decode_dynamic(model, input_ids, attention_mask, params, should_stop=should_stop, stepper=stepper,
+                           prefill_rows=prefill_rows)
 
 
 # --------------------------------------------------------------------------------------
@@ -304,6 +308,18 @@ def _select_cache_rows(cache: Any, rows_t: torch.Tensor) -> Any:
     return tuple(tuple(t.index_select(0, rows_t) for t in layer) for layer in cache)
 
 
+def _concat_cache_rows(cache: Any, more: Any) -> Any:
+    """Append `more`'s rows to `cache` (both prefilled to the same padded length)."""
+    layers = getattr(cache, "layers", None)
+    if layers is None:  # legacy tuples
+        return tuple(tuple(torch.cat([a, b]) for a, b in zip(la, lb, strict=True))
+                     for la, lb in zip(cache, more, strict=True))
+    for mine, theirs in zip(layers, more.layers, strict=True):
+        mine.keys = torch.cat([mine.keys, theirs.keys])
+        mine.values = torch.cat([mine.values, theirs.values])
+    return cache
+
+
 def _decode_dynamic(
     model: Any,
     input_ids: torch.Tensor,
@@ -312,6 +328,7 @@ def _decode_dynamic(
     *,
     should_stop: Callable[[], bool] | None,
     stepper: Any = None,
+    prefill_rows: int | None = None,
 ) -> list[list[int]]:
     batch_size = input_ids.shape[0]
     results: list[list[int]] = [[] for _ in range(batch_size)]
@@ -332,18 +349,25 @@ def _decode_dynamic(
     live_rows = list(range(batch_size))
 
     with torch.inference_mode():
-        out = model(
-            input_ids=input_ids,
-            attention_mask=mask,
-            position_ids=position_ids,
-            past_key_values=_new_dynamic_cache(model),
-            use_cache=True,
-            return_dict=True,
-            **extra,
-        )
-        cache = out.past_key_values
-        logits = out.logits[:, -1].float()
-        del out
+        chunk = prefill_rows if prefill_rows and prefill_rows < batch_size else batch_size
+        cache, parts = None, []
+        for start in range(0, batch_size, chunk):
+            if start and should_stop is not None and should_stop():
+                return results
+            rows = slice(start, start + chunk)
+            out = model(
+                input_ids=input_ids[rows],
+                attention_mask=None if mask is None else mask[rows],
+                position_ids=position_ids[rows],
+                past_key_values=_new_dynamic_cache(model),
+                use_cache=True,
+                return_dict=True,
+                **extra,
+            )
+            cache = out.past_key_values if cache is None else _concat_cache_rows(cache, out.past_key_values)
+            parts.append(out.logits[:, -1].float())
+            del out
+        logits = parts[0] if len(parts) == 1 else torch.cat(parts)
         state = None
         if stepper is not None:
             state = stepper.start(cache, attention_mask, params.max_new_tokens)

@@ -148,7 +148,14 @@ class TransformersBackend:
             ids.add(self.tokenizer.eos_token_id)
         return tuple(sorted(ids))
 
-    def generate(self, prompts: Sequence[Prompt], params: GenParams) -> list[Generation]:
+    # The model worker may hand generate() a callback to run between decode steps (models/worker.py).
+    accepts_between_steps = True
+
+    def generate(
+        self, prompts: Sequence[Prompt], params: GenParams, between_steps: Callable[[], None] | None = None
+    ) -> list[Generation]:
+        """`between_steps`, when given, is called between the prefill's row chunks and between decode steps
+        (the lean loop only): the worker serves waiting replies there while a job batch is in progress."""
         import torch
 
         if not prompts:
@@ -157,7 +164,7 @@ class TransformersBackend:
             batch = self.encode(prompts)
             # The lean loop has no minimum length; a profile that needs one (GODEL) goes through generate().
             if self.lean_decode and not self.is_seq2seq and not _min_new_tokens(params):
-                rows = self._lean(batch, params)
+                rows = self._lean(batch, params, between_steps)
             else:
                 rows = self._generate(batch, params)
         except torch.OutOfMemoryError as exc:
@@ -211,8 +218,13 @@ class TransformersBackend:
                 on_text(result.text)
         return result
 
-    def _lean(self, batch: Any, params: GenParams) -> list[list[int]]:
+    def _lean(self, batch: Any, params: GenParams, between_steps: Callable[[], None] | None = None) -> list[list[int]]:
         from models.decode import DecodeParams, decode
+
+        def poll() -> bool:
+            if between_steps is not None:
+                between_steps()
+            return False
 
         return decode(
             self.model, batch["input_ids"], batch["attention_mask"],
@@ -225,6 +237,8 @@ class TransformersBackend:
             ),
             pad_token_id=self.tokenizer.pad_token_id,
             stepper=self.stepper,
+            should_stop=poll if between_steps is not None else None,
+            prefill_rows=PREFILL_ROWS if between_steps is not None else None,
         )
 
     def _generate(self, batch: Any, params: GenParams, streamer: Any = None) -> list[list[int]]:
@@ -264,6 +278,10 @@ class TransformersBackend:
 
     def close(self) -> None:
         self.model = None
+
+
+# A job batch's prompts are prefilled this many at a time, so a reply waits at most about one chunk's prefill.
+PREFILL_ROWS = 2
 
 
 def fast_stepper(model: Any) -> Any:

@@ -2,8 +2,11 @@
 
 The event loop never waits on a forward pass: callers await a future while the thread runs the model.
 Requests with the same generation settings are batched together (collected for a few milliseconds or
-until the batch is full); a waiting reply always goes before queued job prompts, and since jobs are cut
-into batches, a long job run yields to replies between its batches.
+until the batch is full); a waiting reply always goes before queued job prompts. A job batch in progress
+yields to replies too: the local backend calls back between its prefill chunks and decode steps, and the
+waiting replies are generated right there (the job's cache stays in memory meanwhile), so on a CPU a reply
+waits a decode step or a two-prompt prefill, not a whole batch of memory jobs. Other backends yield
+between batches.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ class ModelWorker:
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
         self._stopping = False
+        self._nested_seconds = 0.0  # replies served inside job batches (not counted twice in busy_seconds)
 
     @property
     def name(self) -> str:
@@ -128,8 +132,12 @@ class ModelWorker:
                 f.cancel()
             raise
 
-    def _take_batch(self) -> list[_Request] | None:
+    def _take_batch(self, *, replies_only: bool = False) -> list[_Request] | None:
+        """The next batch: blocks for work; with `replies_only`, returns at once ([] when no reply waits)."""
         with self._cond:
+            if replies_only:
+                if self._stopping or not self._heap or self._heap[0].priority >= Priority.JOB:
+                    return []
             while not self._heap and not self._stopping:
                 self._cond.wait()
             if self._stopping:
@@ -140,7 +148,7 @@ class ModelWorker:
             batch = [first]
             if first.on_text is not None:  # a streamed reply runs on its own
                 return batch
-            deadline = time.monotonic() + self.batch_wait
+            deadline = time.monotonic() + (0.0 if replies_only else self.batch_wait)
             while len(batch) < self.max_batch:
                 match = next(
                     (
@@ -161,30 +169,46 @@ class ModelWorker:
                 self._cond.wait(remaining)
             return batch
 
+    def _serve_waiting_replies(self) -> None:
+        """Called by the backend between a job batch's decode steps: replies waiting now go first."""
+        while True:
+            batch = self._take_batch(replies_only=True)
+            if not batch:
+                return
+            started = time.perf_counter()
+            self._execute(batch)
+            self._nested_seconds += time.perf_counter() - started
+
     def _run(self) -> None:
         while True:
             batch = self._take_batch()
             if batch is None:
                 return
-            if not batch:
-                continue
-            started = time.perf_counter()
-            try:
-                stream = getattr(self.backend, "stream", None)
-                if batch[0].on_text is not None and stream is not None:
-                    results = [stream(batch[0].prompt, batch[0].params, batch[0].on_text)]
-                else:
-                    results = self.backend.generate([r.prompt for r in batch], batch[0].params)
-            except BaseException as exc:  # the thread must survive anything a backend raises
-                log.warning("generation failed for a batch of %d: %s", len(batch), exc)
-                error = exc if isinstance(exc, BackendError) else BackendError(f"generation failed: {exc}")
-                for request in batch:
-                    request.future.set_exception(error)
-                continue
-            self.stats.batches += 1
-            self.stats.prompts += len(batch)
-            self.stats.max_batch_seen = max(self.stats.max_batch_seen, len(batch))
-            self.stats.busy_seconds += time.perf_counter() - started
-            for request, result in zip(batch, results, strict=True):
-                self.stats.generated_tokens += result.new_tokens
-                request.future.set_result(result)
+            if batch:
+                self._execute(batch)
+
+    def _execute(self, batch: list[_Request]) -> None:
+        started, nested = time.perf_counter(), self._nested_seconds
+        try:
+            stream = getattr(self.backend, "stream", None)
+            if batch[0].on_text is not None and stream is not None:
+                results = [stream(batch[0].prompt, batch[0].params, batch[0].on_text)]
+            elif batch[0].priority >= Priority.JOB and getattr(self.backend, "accepts_between_steps", False):
+                results = self.backend.generate(  # type: ignore[call-arg]
+                    [r.prompt for r in batch], batch[0].params, between_steps=self._serve_waiting_replies
+                )
+            else:
+                results = self.backend.generate([r.prompt for r in batch], batch[0].params)
+        except BaseException as exc:  # the thread must survive anything a backend raises
+            log.warning("generation failed for a batch of %d: %s", len(batch), exc)
+            error = exc if isinstance(exc, BackendError) else BackendError(f"generation failed: {exc}")
+            for request in batch:
+                request.future.set_exception(error)
+            return
+        self.stats.batches += 1
+        self.stats.prompts += len(batch)
+        self.stats.max_batch_seen = max(self.stats.max_batch_seen, len(batch))
+        self.stats.busy_seconds += time.perf_counter() - started - (self._nested_seconds - nested)
+        for request, result in zip(batch, results, strict=True):
+            self.stats.generated_tokens += result.new_tokens
+            request.future.set_result(result)

@@ -88,3 +88,32 @@ async def test_backend_errors_reach_the_caller_and_the_thread_survives() -> None
         await worker.generate([Prompt(text="boom")], GenParams())
     assert (await worker.generate([Prompt(text="ok")], GenParams()))[0].text == "OK"
     await worker.close()
+
+
+async def test_a_job_batch_yields_to_a_reply_between_decode_steps(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from models.transformers_backend import TransformersBackend
+    from tests.tiny_models import build_tiny_llama
+
+    backend = TransformersBackend.load(build_tiny_llama(tmp_path / "llama"), device="cpu")
+    backend.model.generation_config.eos_token_id = None
+    backend.stop_token_ids = lambda: ()  # type: ignore[method-assign]  # every row runs its full length
+    job_params, reply_params = GenParams(max_new_tokens=150), GenParams(max_new_tokens=4)
+    jobs = [Prompt(text=f"session number {i} was about bees") for i in range(5)]
+    alone = backend.generate(jobs, job_params)
+
+    worker = ModelWorker(backend, batch_wait_ms=0)
+    polled = threading.Event()
+    serve = worker._serve_waiting_replies
+
+    def spy() -> None:
+        polled.set()
+        serve()
+
+    worker._serve_waiting_replies = spy  # type: ignore[method-assign]
+    job_task = asyncio.ensure_future(worker.generate(jobs, job_params, Priority.JOB))
+    await asyncio.to_thread(polled.wait, 10)  # the job batch is running (between its first prefill chunks)
+    reply = await worker.generate([Prompt(text="hello")], reply_params)
+    assert not job_task.done()  # the reply came back while the job batch was still in progress
+    assert reply[0].new_tokens == 4
+    assert [g.text for g in await job_task] == [g.text for g in alone]  # and the jobs lost nothing
+    await worker.close()
