@@ -9,7 +9,8 @@ by the job runner's own code: claims of `jobs.batch_size` jobs, each claim one `
 (one model batch), until no session-memory job is left (malformed outputs are retried as in production,
 then replaced by the extractive fallback). Batched = the config's `jobs.batch_size` (8); sequential =
 batch size 1. Compression (task 2) is not part of the timing. Outputs are capped at `memory_max_new_tokens`
-(the config's 200).
+(the config's 200). A third run (batched) sends one reply a third of the way in and times it: the job
+batch yields to it between decode steps.
 """
 
 from __future__ import annotations
@@ -42,7 +43,22 @@ async def build_database(path: Path, sessions: int, turns: int) -> None:
         await store.close()
 
 
-async def one_run(backend: Any, db: Path, batch_size: int, args: argparse.Namespace) -> dict[str, Any]:
+PROBE = "Hi! What should I cook tonight?"
+
+
+async def _probe_reply(worker: Any) -> float:
+    """Seconds one reply takes through the worker (greedy, 16 new tokens)."""
+    from models.base import GenParams, Prompt
+    from models.worker import Priority
+
+    start = time.perf_counter()
+    await worker.generate([Prompt(messages=(("user", PROBE),))], GenParams(max_new_tokens=16), Priority.REPLY)
+    return time.perf_counter() - start
+
+
+async def one_run(backend: Any, db: Path, batch_size: int, args: argparse.Namespace,
+                  probe_after: float | None = None) -> dict[str, Any]:
+    """`probe_after`: send one reply that many seconds into the run and time it (jobs yield to replies)."""
     from bot.app import App
     from memory.tasks import TaskReport, write_session_memories
 
@@ -52,7 +68,17 @@ async def one_run(backend: Any, db: Path, batch_size: int, args: argparse.Namesp
     await app.start(schedule=False)
     runner = app.jobs
     report = TaskReport()
+    probe: asyncio.Future[float] | None = None
+    idle_reply = None
     try:
+        if probe_after is not None:
+            idle_reply = await _probe_reply(app.memory_worker)
+
+            async def later() -> float:
+                await asyncio.sleep(probe_after)
+                return await _probe_reply(app.memory_worker)
+
+            probe = asyncio.ensure_future(later())
         start = time.perf_counter()
         for _ in range(settings.jobs.max_attempts):  # retry rounds, as run_until_idle would do them
             seen: set[int] = set()
@@ -67,6 +93,7 @@ async def one_run(backend: Any, db: Path, batch_size: int, args: argparse.Namesp
             if not await app.store.scalar("SELECT COUNT(*) FROM jobs WHERE kind = 'session_memory' AND state = 'pending'"):
                 break
         wall = time.perf_counter() - start
+        during = await probe if probe is not None else None
         stored = await app.store.scalar("SELECT COUNT(*) FROM session_memories")
         batches, largest = app.memory_worker.stats.batches, app.memory_worker.stats.max_batch_seen
     finally:
@@ -82,6 +109,10 @@ async def one_run(backend: Any, db: Path, batch_size: int, args: argparse.Namesp
         "memories_per_minute": rounded(60 * report.written / wall),
         "model_batches": batches,
         "largest_batch": largest,
+        **({} if probe_after is None else {
+            "reply_sent_after_s": probe_after, "reply_idle_s": rounded(idle_reply or 0.0),
+            "reply_during_job_batch_s": rounded(during or 0.0),
+        }),
     }
 
 
@@ -101,6 +132,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             shutil.copy(template, db)
             modes[label] = await one_run(backend, db, batch_size, args)
             log(f"{label}: {modes[label]}")
+        if args.reply_probe:
+            # A third run, batched, with one reply arriving in the middle of the job batch: it is answered
+            # between decode steps instead of waiting for the batch (without yielding it would wait the
+            # batch's remaining time, ~wall_s - reply_sent_after_s).
+            db = Path(tmp) / "probe.sqlite3"
+            shutil.copy(template, db)
+            modes["batched_with_reply"] = await one_run(backend, db, args.batch_size, args,
+                                                        probe_after=modes["batched"]["wall_s"] / 3)
+            log(f"batched_with_reply: {modes['batched_with_reply']}")
     speedup = modes["batched"]["memories_per_minute"] / modes["sequential"]["memories_per_minute"]
     return {
         "benchmark": "jobs",
@@ -111,6 +151,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "batched": modes["batched"],
         "sequential": modes["sequential"],
         "speedup": rounded(speedup),
+        "reply_during_jobs": modes.get("batched_with_reply"),
         "target": "batched >= 3x sequential",
         "target_met": speedup >= 3.0,
     }
@@ -125,6 +166,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=200, help="model.memory_max_new_tokens")
     parser.add_argument("--threads", type=int, default=None, help="model.threads (default: the config's)")
     parser.add_argument("--quantize", default="none", choices=["none", "int4"], help="model.quantize")
+    parser.add_argument("--no-reply-probe", dest="reply_probe", action="store_false",
+                        help="skip the third run that times a reply sent in the middle of a job batch")
     args = parser.parse_args(argv)
     if args.quick:
         args.sessions, args.turns, args.max_new_tokens, args.batch_size = 2, 4, 8, 2

@@ -78,6 +78,8 @@ def test_jobs_quick(embedded_cache: Path) -> None:
     result = run_quick("jobs.py")
     assert result["batched"]["session_memories_written"] == result["sequential"]["session_memories_written"] == 2
     assert result["sequential"]["largest_batch"] == 1 and result["speedup"] > 0
+    probe = result["reply_during_jobs"]
+    assert probe["session_memories_written"] == 2 and probe["reply_during_job_batch_s"] > 0
 
 
 @pytest.mark.slow
