@@ -27,12 +27,12 @@ class Evidence:
     score: float
 
 
-def query_words(text: str, max_terms: int = 16) -> list[str]:
-    """The question's content words, in order, stop words dropped."""
+def query_words(text: str, max_terms: int = 16, ignore: frozenset[str] = frozenset()) -> list[str]:
+    """The question's content words, in order, stop words (and `ignore`, lower-case) dropped."""
     terms: list[str] = []
     for match in _TOKEN.finditer(text.lower()):
         word = match.group(0)
-        if word in STOPWORDS or len(word) < 2 or word in terms:
+        if word in STOPWORDS or word in ignore or len(word) < 2 or word in terms:
             continue
         terms.append(word)
         if len(terms) >= max_terms:
@@ -48,8 +48,12 @@ async def search_user_messages(
     limit: int = 8,
     exclude_session: int | None = None,
     include_private: bool = True,
+    ignore_names: tuple[str, ...] = (),
 ) -> list[Evidence]:
-    query = owner_query(user_pk, query_words(query_text))
+    """`ignore_names`: the person's and the bot's names, which match greetings ("Hi Ann!") everywhere in a
+    person's own history and say nothing about what the message asks."""
+    ignore = frozenset(w.lower() for name in ignore_names for w in _TOKEN.findall(name))
+    query = owner_query(user_pk, query_words(query_text, ignore=ignore))
     if query is None or limit <= 0:
         return []
     # The owner-prefixed terms already confine the match to this person; `m.user_id = ?` stays as a

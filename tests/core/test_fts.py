@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from memory.fts import owner_query, owner_terms, register, words
-from memory.retrieval import search_user_messages
+from memory.retrieval import query_words, search_user_messages
 from memory.schema import MIGRATIONS
 from memory.store import Store
 
@@ -22,6 +22,8 @@ def test_terms_are_stemmed_folded_and_owned() -> None:
     # Quotes and FTS syntax in what a person types stay words.
     assert owner_query(7, ['"a" NEAR(b)', "OR"]) == '"u7wa" OR "u7wnear" OR "u7wb" OR "u7wor"'
     assert owner_query(7, []) is None
+    # The person's and the bot's names match greetings everywhere in their history: not searched for.
+    assert query_words("What did Ann tell Membot about Oslo?", ignore=frozenset({"ann", "membot"})) == ["oslo"]
 
 
 def _v3_database_with_messages(path: Path) -> None:
