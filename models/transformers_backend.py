@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -54,6 +55,10 @@ class TransformersBackend:
         self.lean_decode = lean_decode
         self.quantization: Any = None  # a models.quantize.QuantizeReport when load() quantized the model
         self.stepper: Any = None  # a models.fast_llama.FastLlamaStepper for int4 Llama models
+        # A fast tokenizer keeps its padding and truncation settings on one shared Rust object, which each call
+        # sets: counting tokens on the event loop while the model thread encodes a padded batch would unset
+        # the batch's padding halfway ("Unable to create tensor..."). Every tokenizer call takes this lock.
+        self._tokenizer_lock = threading.Lock()
         self.is_seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
         self.tokenizer.padding_side = "left" if not self.is_seq2seq else "right"
         if self.tokenizer.pad_token_id is None:
@@ -115,7 +120,8 @@ class TransformersBackend:
     def count_tokens(self, text: str) -> int:
         if not text:
             return 0
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        with self._tokenizer_lock:
+            return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def render(self, prompt: Prompt) -> str:
         """The exact text the model sees; chat messages go through the model's own chat template."""
@@ -131,11 +137,13 @@ class TransformersBackend:
         # A chat template already carries BOS; adding it again would double it.
         add_special = all(p.add_special_tokens and p.messages is None for p in prompts)
         limit = min(p.max_input_tokens or self.max_positions for p in prompts)
-        self.tokenizer.truncation_side = "left"
-        return self.tokenizer(
-            texts, return_tensors="pt", padding=True, add_special_tokens=add_special,
-            truncation=True, max_length=limit,
-        ).to(self.device)
+        with self._tokenizer_lock:
+            self.tokenizer.truncation_side = "left"
+            encoded = self.tokenizer(
+                texts, return_tensors="pt", padding=True, add_special_tokens=add_special,
+                truncation=True, max_length=limit,
+            )
+        return encoded.to(self.device)
 
     def stop_token_ids(self) -> tuple[int, ...]:
         ids: set[int] = set()
