@@ -60,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     locomo.add_argument("--reuse", action="store_true",
                         help="reuse the memory databases an earlier run left in OUT/databases (re-score only)")
     locomo.add_argument("--answer-questions", type=int,
-                        help="generate answers for only the first N questions of each conversation (cost)")
+                        help="generate answers for only N questions of each conversation, spread over its list (cost)")
     locomo.add_argument("--no-answers", action="store_true", help="skip answer generation (recall only)")
     locomo.add_argument("--with-contexts", action="store_true",
                         help="keep every reply context in report.json (for checking answers by hand; large)")

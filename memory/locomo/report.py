@@ -238,10 +238,11 @@ def _markdown(
                 body.append(
                     [strategy]
                     + [
-                        f"{_fmt(by_cat[str(c)][metric])} (n={by_cat[str(c)]['n']})"
+                        f"{_fmt(by_cat[str(c)][metric])} (n={by_cat[str(c)]['n' if metric == 'recall' else 'n_f1']})"
                         for c in ANSWERABLE_CATEGORIES
                     ]
-                    + [f"{_fmt(by_cat['5']['adversarial_share'])} (n={by_cat['5']['n']})"]
+                    + [f"{_fmt(by_cat['5']['adversarial_share'])} "
+                       f"(n={by_cat['5']['n' if metric == 'recall' else 'n_predicted']})"]
                 )
             lines += _table(["strategy", *cat_header, "5 adversarial share"], body)
     lines += ["", "## Memory-building cost", ""]

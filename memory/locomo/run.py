@@ -87,6 +87,16 @@ def context_text(item: ReplyInput) -> str:
     return "\n".join(p for p in parts if p)
 
 
+def answer_sample(total: int, wanted: int | None) -> set[int]:
+    """Which questions get generated answers: all, or `wanted` spread evenly over the list (LoCoMo lists a
+    conversation's questions roughly by category, adversarial last, so the first N would miss some)."""
+    if wanted is None or wanted >= total:
+        return set(range(total))
+    if wanted <= 0:
+        return set()
+    return {int(i * total / wanted) for i in range(wanted)}
+
+
 def questions_within(conv: Conversation, limit_sessions: int | None) -> list[Question]:
     if not limit_sessions:
         return list(conv.questions)
@@ -182,8 +192,9 @@ async def replay_conversation(
         )
         questions = questions_within(conv, limit_sessions)[: limit_questions or None]
         clock.now += 86400
+        answered = answer_sample(len(questions), answer_questions)
         for number, q in enumerate(questions):
-            answering = answer_questions is None or number < answer_questions
+            answering = number in answered
             asked = q.question + QA_SUFFIX
             rec = await sessions.record_user_message(
                 platform="locomo", user_id=user, display_name=user, chat_id=chat, chat_kind="dm", text=asked,

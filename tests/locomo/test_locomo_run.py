@@ -61,3 +61,11 @@ async def test_reuse_rescored_without_rebuilding_memory(tmp_path: Path) -> None:
         assert meta["session_memories"] == 2  # counted from the database, not from this run's jobs
     finally:
         await worker.close()
+
+
+def test_answer_sample_spreads_over_the_questions() -> None:
+    from memory.locomo.run import answer_sample
+
+    assert answer_sample(10, None) == set(range(10)) and answer_sample(3, 5) == {0, 1, 2}
+    assert answer_sample(100, 4) == {0, 25, 50, 75}  # reaches the adversarial questions LoCoMo lists last
+    assert answer_sample(7, 0) == set()
