@@ -56,21 +56,30 @@ async def search_user_messages(
     query = owner_query(user_pk, query_words(query_text, ignore=ignore))
     if query is None or limit <= 0:
         return []
+    # Rank inside the index first (bm25 of the person's own postings, no table lookups), then join only the
+    # best few to their messages and apply the filters. If the filters (the current session, private
+    # chats) drop so many that fewer than `limit` remain while the ranking had more to give, rank them all.
     # The owner-prefixed terms already confine the match to this person; `m.user_id = ?` stays as a
     # second lock on the door.
-    sql = (
-        "SELECT m.id, m.session_id, m.author, m.text, m.created, bm25(messages_fts) AS score "
-        "FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid "
-        "JOIN sessions s ON s.id = m.session_id "
-        "WHERE messages_fts MATCH ? AND m.user_id = ?"
-    )
-    params: list[object] = [query, user_pk]
+    filters, params = "m.user_id = ?", [user_pk]
     if exclude_session is not None:
-        sql += " AND m.session_id != ?"
+        filters += " AND m.session_id != ?"
         params.append(exclude_session)
     if not include_private:
-        sql += " AND s.private = 0"
-    sql += " ORDER BY score LIMIT ?"
-    params.append(limit)
-    rows = await store.fetchall(sql, params)
+        filters += " AND s.private = 0"
+    top = limit * 2 + 20
+    sql = (
+        "WITH hits AS (SELECT rowid AS id, bm25(messages_fts) AS score FROM messages_fts "
+        "WHERE messages_fts MATCH ? ORDER BY score LIMIT ?) "
+        "SELECT m.id, m.session_id, m.author, m.text, m.created, hits.score FROM hits "
+        "JOIN messages m ON m.id = hits.id JOIN sessions s ON s.id = m.session_id "
+        f"WHERE {filters} ORDER BY hits.score, m.id LIMIT ?"
+    )
+    rows = await store.fetchall(sql, [query, top, *params, limit])
+    if len(rows) < limit:
+        ranked = await store.scalar(
+            "SELECT COUNT(*) FROM (SELECT rowid FROM messages_fts WHERE messages_fts MATCH ? LIMIT ?)", (query, top)
+        )
+        if ranked is not None and int(ranked) >= top:
+            rows = await store.fetchall(sql, [query, -1, *params, limit])  # LIMIT -1: no limit
     return [Evidence(int(r[0]), int(r[1]), str(r[2]), str(r[3]), float(r[4]), float(r[5])) for r in rows]

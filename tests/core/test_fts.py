@@ -81,3 +81,20 @@ def test_a_shell_without_the_function_refuses_writes_cleanly(tmp_path: Path) -> 
     bare.rollback()
     assert bare.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 3
     bare.close()
+
+
+async def test_filters_that_drop_the_best_hits_still_leave_enough(tmp_path: Path) -> None:
+    path = tmp_path / "v3.sqlite3"
+    _v3_database_with_messages(path)
+    async with Store(path) as store:
+        async with store.write() as db:  # the current session (1) is full of better matches
+            await db.executemany(
+                "INSERT INTO messages(session_id, user_id, chat_id, author, text, created) VALUES (1, 1, 1, 'user', ?, 0)",
+                [("Lyon Lyon Lyon",)] * 60,
+            )
+            await db.execute("INSERT INTO sessions(id, user_id, chat_id, private, started, last_activity, state) "
+                             "VALUES (3, 1, 1, 1, 0, 0, 'closed')")
+            await db.execute("INSERT INTO messages(session_id, user_id, chat_id, author, text, created) "
+                             "VALUES (3, 1, 1, 'user', 'We met in Lyon in May, a long walk by the river.', 0)")
+        found = await search_user_messages(store, 1, "Lyon", limit=2, exclude_session=1)
+        assert [e.session_id for e in found] == [3]  # found past the 24 best, all in the excluded session
