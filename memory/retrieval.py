@@ -57,8 +57,9 @@ async def search_user_messages(
     if query is None or limit <= 0:
         return []
     # Rank inside the index first (bm25 of the person's own postings, no table lookups), then join only the
-    # best few to their messages and apply the filters. If the filters (the current session, private
-    # chats) drop so many that fewer than `limit` remain while the ranking had more to give, rank them all.
+    # best few to their messages and apply the filters. If fewer than `limit` remain (few matches, or the
+    # filters, the current session and private chats, dropped many), rank them all: with few matches that
+    # is the same cheap query again, and otherwise it finds what lay past the first cut.
     # The owner-prefixed terms already confine the match to this person; `m.user_id = ?` stays as a
     # second lock on the door.
     filters, params = "m.user_id = ?", [user_pk]
@@ -77,9 +78,5 @@ async def search_user_messages(
     )
     rows = await store.fetchall(sql, [query, top, *params, limit])
     if len(rows) < limit:
-        ranked = await store.scalar(
-            "SELECT COUNT(*) FROM (SELECT rowid FROM messages_fts WHERE messages_fts MATCH ? LIMIT ?)", (query, top)
-        )
-        if ranked is not None and int(ranked) >= top:
-            rows = await store.fetchall(sql, [query, -1, *params, limit])  # LIMIT -1: no limit
+        rows = await store.fetchall(sql, [query, -1, *params, limit])  # LIMIT -1: no limit
     return [Evidence(int(r[0]), int(r[1]), str(r[2]), str(r[3]), float(r[4]), float(r[5])) for r in rows]
