@@ -32,11 +32,7 @@ def _int4_concat(parts: list[Int4Linear]) -> Int4Linear:
     """One Int4Linear computing the concatenated outputs of `parts` (same input, same group size)."""
     group = parts[0].group_size
     k = parts[0].in_features
-    codes = []
-    for p in parts:
-        n = p.out_features
-        codes.append(torch.stack([p.nibbles & 0x0F, p.nibbles >> 4], dim=-1).reshape(n, k))
-    all_codes = torch.cat(codes)
+    all_codes = torch.cat([p.codes() for p in parts])
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(all_codes.to(torch.int32), 1)
     return Int4Linear(
         in_features=k, out_features=all_codes.shape[0], group_size=group, packed=packed,

@@ -111,10 +111,14 @@ class Int4Linear(nn.Module):
         )
         return module, error
 
+    def codes(self) -> torch.Tensor:
+        """The 4-bit codes, one uint8 per weight, (out_features, in_features)."""
+        return torch.stack([self.nibbles & 0x0F, self.nibbles >> 4], dim=-1).reshape(self.out_features, -1)
+
     def dequantize(self) -> torch.Tensor:
         """The float32 weight (out_features, in_features) these codes stand for."""
         n, k, g = self.out_features, self.in_features, self.group_size
-        codes = torch.stack([self.nibbles & 0x0F, self.nibbles >> 4], dim=-1).reshape(n, k // g, g)
+        codes = self.codes().reshape(n, k // g, g)
         return (codes.to(torch.float32) * self.scale[..., None] + self.minimum[..., None]).reshape(n, k)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
