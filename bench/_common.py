@@ -6,6 +6,7 @@ machine it ran on, the load before and after, and the date, so a figure can alwa
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -13,7 +14,7 @@ import platform
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,14 @@ def emit(result: dict[str, Any]) -> None:
     result.setdefault("machine", {})["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(result, indent=2, sort_keys=False))
     sys.stdout.flush()
+
+
+def run_and_emit(run: Callable[[Any], Awaitable[dict[str, Any]]], args: Any) -> None:
+    """A model benchmark's main: libraries quiet, the async run, the machine it ran on, one JSON object."""
+    quiet_libraries()
+    result = asyncio.run(run(args))
+    result["machine"] = machine(args.threads)
+    emit(result)
 
 
 def percentile(values: Sequence[float], q: float) -> float:

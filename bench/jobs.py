@@ -24,7 +24,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import KeepOpen, bench_settings, emit, log, machine, quiet_libraries, rounded, seed_history
+from _common import (
+    KeepOpen,
+    bench_settings,
+    log,
+    rounded,
+    run_and_emit,
+    seed_history,
+)
 
 
 async def build_database(path: Path, sessions: int, turns: int) -> None:
@@ -171,10 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.quick:
         args.sessions, args.turns, args.max_new_tokens, args.batch_size = 2, 4, 8, 2
-    quiet_libraries()
-    result = asyncio.run(run(args))
-    result["machine"] = machine(args.threads)
-    emit(result)
+    run_and_emit(run, args)
 
 
 if __name__ == "__main__":

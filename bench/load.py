@@ -24,12 +24,10 @@ from typing import Any
 from _common import (
     KeepOpen,
     bench_settings,
-    emit,
     log,
-    machine,
     percentile,
-    quiet_libraries,
     rounded,
+    run_and_emit,
     user_message,
 )
 
@@ -130,10 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.quick:
         args.users, args.messages, args.max_new_tokens = "1,2", "1,1", 4
-    quiet_libraries()
-    result = asyncio.run(run(args))
-    result["machine"] = machine(args.threads)
-    emit(result)
+    run_and_emit(run, args)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ Greedy decoding makes all three produce the same tokens; the JSON says whether t
 from __future__ import annotations
 
 import argparse
-import asyncio
 import random
 import tempfile
 import time
@@ -27,11 +26,9 @@ from typing import Any
 from _common import (
     add_compressive_memory,
     bench_settings,
-    emit,
     log,
-    machine,
-    quiet_libraries,
     rounded,
+    run_and_emit,
     seed_history,
     user_message,
 )
@@ -143,10 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.quick:
         args.messages, args.max_new_tokens, args.past_sessions = 1, 8, 3
-    quiet_libraries()
-    result = asyncio.run(run(args))
-    result["machine"] = machine(args.threads)
-    emit(result)
+    run_and_emit(run, args)
 
 
 if __name__ == "__main__":
