@@ -1,13 +1,14 @@
 """Memory jobs: session memories (COMEDY task 1) written per minute, batched vs sequential, embedded model.
 
-    .venv/bin/python bench/jobs.py            # full run (~4-6 minutes on 2 cores)
+    .venv/bin/python bench/jobs.py            # full run (~9 minutes on 2 cores)
     .venv/bin/python bench/jobs.py --quick    # a smoke test
 
 `--sessions` people each leave one closed session of `--turns` turns (stored through the SessionManager, so
 their session-memory jobs are queued as in production). The same database (copied) is then processed twice
 by the job runner's own code: claims of `jobs.batch_size` jobs, each claim one `write_session_memories` call
 (one model batch), until no session-memory job is left (malformed outputs are retried as in production,
-then replaced by the extractive fallback). Batched = the config's `jobs.batch_size` (8); sequential =
+then replaced by the extractive fallback). Batched = the config's `jobs.batch_size` (32 claimed at once;
+the local model decodes `model.max_batch` of them at a time with continuous batching); sequential =
 batch size 1. Compression (task 2) is not part of the timing. Outputs are capped at `memory_max_new_tokens`
 (the config's 200). A third run (batched) sends one reply a third of the way in and times it: the job
 batch yields to it between decode steps.
@@ -69,8 +70,7 @@ async def one_run(backend: Any, db: Path, batch_size: int, args: argparse.Namesp
     from bot.app import App
     from memory.tasks import TaskReport, write_session_memories
 
-    settings = bench_settings(db, jobs__batch_size=batch_size, model__max_batch=max(batch_size, 16),
-                              model__memory_max_new_tokens=args.max_new_tokens)
+    settings = bench_settings(db, jobs__batch_size=batch_size, model__memory_max_new_tokens=args.max_new_tokens)
     app = await App.create(settings, backend=KeepOpen(backend))
     await app.start(schedule=False)
     runner = app.jobs
@@ -89,7 +89,7 @@ async def one_run(backend: Any, db: Path, batch_size: int, args: argparse.Namesp
         start = time.perf_counter()
         for _ in range(settings.jobs.max_attempts):  # retry rounds, as run_until_idle would do them
             seen: set[int] = set()
-            while ids := [i for i in await runner._claim("session_memory") if i not in seen]:
+            while ids := await runner._claim("session_memory", seen):
                 seen.update(ids)
                 report.add(await write_session_memories(
                     app.store, app.memory_worker, runner.profile, ids, bot_name=settings.bot.name,
@@ -167,9 +167,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="2 sessions, tiny outputs: a smoke test")
-    parser.add_argument("--sessions", type=int, default=8)
+    parser.add_argument("--sessions", type=int, default=32)
     parser.add_argument("--turns", type=int, default=10, help="messages per session (user and bot)")
-    parser.add_argument("--batch-size", type=int, default=8, help="jobs.batch_size of the batched run")
+    parser.add_argument("--batch-size", type=int, default=32, help="jobs.batch_size of the batched run (the default)")
     parser.add_argument("--max-new-tokens", type=int, default=200, help="model.memory_max_new_tokens")
     parser.add_argument("--threads", type=int, default=None, help="model.threads (default: the config's)")
     parser.add_argument("--quantize", default="none", choices=["none", "int4"], help="model.quantize")

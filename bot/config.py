@@ -58,7 +58,7 @@ class SessionSettings(Section):
 class JobSettings(Section):
     interval: Duration = 300.0
     cron: str | None = None
-    batch_size: int = Field(8, ge=1, le=256)
+    batch_size: int = Field(32, ge=1, le=256)
     max_attempts: int = Field(3, ge=1, le=20)
     retry_backoff: Duration = 60.0
 

@@ -8,6 +8,7 @@ admin's "compress now" from running the same jobs twice in one process.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -79,12 +80,15 @@ class JobRunner:
         self.clock = clock
         self._lock = asyncio.Lock()
 
-    async def _claim(self, kind: str) -> list[int]:
+    async def _claim(self, kind: str, skip: set[int] | None = None) -> list[int]:
+        """Up to `batch_size` due jobs, marked running; `skip`: jobs already tried in this run (a malformed
+        output's retry is pending again at once and would otherwise be claimed before the jobs behind it)."""
         now = self.clock()
         async with self.store.write() as db:
             async with db.execute(
-                "SELECT id FROM jobs WHERE kind = ? AND state = 'pending' AND not_before <= ? ORDER BY id LIMIT ?",
-                (kind, now, self.batch_size),
+                "SELECT id FROM jobs WHERE kind = ? AND state = 'pending' AND not_before <= ? "
+                "AND id NOT IN (SELECT value FROM json_each(?)) ORDER BY id LIMIT ?",
+                (kind, now, json.dumps(sorted(skip or ())), self.batch_size),
             ) as cur:
                 ids = [int(r[0]) for r in await cur.fetchall()]
             await db.executemany("UPDATE jobs SET state = 'running', updated = ? WHERE id = ?", [(now, i) for i in ids])
@@ -101,7 +105,7 @@ class JobRunner:
             compressions = TaskReport()
             seen: set[int] = set()
             try:
-                while ids := [i for i in await self._claim("session_memory") if i not in seen]:
+                while ids := await self._claim("session_memory", seen):
                     seen.update(ids)
                     memories.add(await write_session_memories(
                         self.store, self.generator, self.profile, ids, bot_name=self.bot_name,
@@ -110,7 +114,7 @@ class JobRunner:
                     ))
                 await self._release(seen)
                 seen = set()
-                while ids := [i for i in await self._claim("compress") if i not in seen]:
+                while ids := await self._claim("compress", seen):
                     seen.update(ids)
                     compressions.add(await compress_memories(
                         self.store, self.generator, self.profile, ids, bot_name=self.bot_name,

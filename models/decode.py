@@ -229,6 +229,14 @@ class TokenSelector:
             self.history = [self.history[i] for i in rows]
             self.ngrams = [self.ngrams[i] for i in rows]
 
+    def extend(self, other: TokenSelector) -> None:
+        """Rows joining the batch (continuous batching) bring their state; `other` has the same params."""
+        if self.seen is not None and other.seen is not None:
+            self.seen = torch.cat([self.seen, other.seen])
+        if self.ngram_size > 0:
+            self.history.extend(other.history)
+            self.ngrams.extend(other.ngrams)
+
 
 def record_step(
     token_list: list[int],
@@ -284,16 +292,19 @@ def model_device(model: Any, fallback: torch.device) -> torch.device:
 
 
 def _new_dynamic_cache(model: Any) -> Any:
-    """The cache ``generate()`` would build (config-aware, so sliding-window layers match)."""
+    """The cache ``generate()`` would build (config-aware, so sliding-window layers match), its plain layers
+    growing in place (models/kv_cache.py) instead of being copied at every step."""
     try:
         from transformers import DynamicCache
     except ImportError:  # pragma: no cover - transformers is a hard dependency in practice
         return None
+    from models.kv_cache import use_growing_layers
+
     config = getattr(model, "config", None)
     try:
         if config is not None and hasattr(config, "get_text_config"):
-            return DynamicCache(config=config.get_text_config(decoder=True))
-        return DynamicCache()
+            return use_growing_layers(DynamicCache(config=config.get_text_config(decoder=True)))
+        return use_growing_layers(DynamicCache())
     except Exception:  # odd configs: let the model build its own cache
         logger.debug("DynamicCache(config=...) failed; letting the model create its cache", exc_info=True)
         return None

@@ -156,14 +156,18 @@ class TransformersBackend:
             ids.add(self.tokenizer.eos_token_id)
         return tuple(sorted(ids))
 
-    # The model worker may hand generate() a callback to run between decode steps (models/worker.py).
+    # The model worker may hand generate() a callback to run between decode steps, and a cap on the rows
+    # decoding at once for a long job batch (continuous batching, models/continuous_decode.py).
     accepts_between_steps = True
+    continuous_batching = True
 
     def generate(
-        self, prompts: Sequence[Prompt], params: GenParams, between_steps: Callable[[], None] | None = None
+        self, prompts: Sequence[Prompt], params: GenParams, between_steps: Callable[[], None] | None = None,
+        max_rows: int | None = None,
     ) -> list[Generation]:
         """`between_steps`, when given, is called between the prefill's row chunks and between decode steps
-        (the lean loop only): the worker serves waiting replies there while a job batch is in progress."""
+        (the lean loop only): the worker serves waiting replies there while a job batch is in progress.
+        `max_rows` caps the rows decoding at once; the other prompts take the places of finished rows."""
         import torch
 
         if not prompts:
@@ -172,7 +176,7 @@ class TransformersBackend:
             batch = self.encode(prompts)
             # The lean loop has no minimum length; a profile that needs one (GODEL) goes through generate().
             if self.lean_decode and not self.is_seq2seq and not _min_new_tokens(params):
-                rows = self._lean(batch, params, between_steps)
+                rows = self._lean(batch, params, between_steps, max_rows)
             else:
                 rows = self._generate(batch, params)
         except torch.OutOfMemoryError as exc:
@@ -226,7 +230,9 @@ class TransformersBackend:
                 on_text(result.text)
         return result
 
-    def _lean(self, batch: Any, params: GenParams, between_steps: Callable[[], None] | None = None) -> list[list[int]]:
+    def _lean(self, batch: Any, params: GenParams, between_steps: Callable[[], None] | None = None,
+              max_rows: int | None = None) -> list[list[int]]:
+        from models.continuous_decode import decode_continuous
         from models.decode import DecodeParams, decode
 
         def poll() -> bool:
@@ -234,20 +240,28 @@ class TransformersBackend:
                 between_steps()
             return False
 
-        return decode(
-            self.model, batch["input_ids"], batch["attention_mask"],
-            DecodeParams(
-                max_new_tokens=params.max_new_tokens, do_sample=params.do_sample,
-                temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,
-                repetition_penalty=params.repetition_penalty,
-                no_repeat_ngram_size=params.no_repeat_ngram_size,
-                stop_token_ids=self.stop_token_ids(), seed=params.seed,
-            ),
-            pad_token_id=self.tokenizer.pad_token_id,
-            stepper=self.stepper,
-            should_stop=poll if between_steps is not None else None,
-            prefill_rows=PREFILL_ROWS if between_steps is not None else None,
+        decode_params = DecodeParams(
+            max_new_tokens=params.max_new_tokens, do_sample=params.do_sample,
+            temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,
+            repetition_penalty=params.repetition_penalty,
+            no_repeat_ngram_size=params.no_repeat_ngram_size,
+            stop_token_ids=self.stop_token_ids(), seed=params.seed,
         )
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        should_stop = poll if between_steps is not None else None
+        prefill_rows = PREFILL_ROWS if between_steps is not None else None
+        if max_rows and self.stepper is None and _plain_dynamic_cache(self.model):
+            return decode_continuous(self.model, ids, mask, decode_params, max_rows=max_rows,
+                                     prefill_rows=prefill_rows, should_stop=should_stop)
+        step = max_rows or ids.shape[0]
+        rows: list[list[int]] = []
+        for start in range(0, ids.shape[0], step):  # the int4 steps keep a fixed set of rows: chunks in turn
+            rows.extend(decode(
+                self.model, ids[start:start + step], mask[start:start + step], decode_params,
+                pad_token_id=self.tokenizer.pad_token_id, stepper=self.stepper, should_stop=should_stop,
+                prefill_rows=prefill_rows,
+            ))
+        return rows
 
     def _generate(self, batch: Any, params: GenParams, streamer: Any = None) -> list[list[int]]:
         import torch
@@ -301,6 +315,13 @@ def fast_stepper(model: Any) -> Any:
         log.info("int4 decode steps through transformers (%s)", why)
         return None
     return FastLlamaStepper(model)
+
+
+def _plain_dynamic_cache(model: Any) -> bool:
+    """Continuous batching pads and cuts the key/value cache by hand: only for caches without a sliding window."""
+    config = getattr(model, "config", None)
+    return config is not None and not getattr(config, "sliding_window", None) and not getattr(
+        config, "is_encoder_decoder", False)
 
 
 def _min_new_tokens(params: GenParams) -> int:

@@ -6,7 +6,8 @@ until the batch is full); a waiting reply always goes before queued job prompts.
 yields to replies too: the local backend calls back between its prefill chunks and decode steps, and the
 waiting replies are generated right there (the job's cache stays in memory meanwhile), so on a CPU a reply
 waits a decode step or a two-prompt prefill, not a whole batch of memory jobs. Other backends yield
-between batches.
+between batches. Job prompts are decoded with continuous batching where the backend has it: up to
+`max_batch` rows at once, a finished row's place taken at once by the next prompt.
 """
 
 from __future__ import annotations
@@ -25,6 +26,11 @@ from enum import IntEnum
 from models.base import Backend, BackendError, Generation, GenParams, Prompt
 
 log = logging.getLogger(__name__)
+
+
+# A backend with continuous batching takes this many times `max_batch` job prompts in one call and keeps
+# `max_batch` of them decoding, a finished row's place going to the next prompt (models/continuous_decode.py).
+JOB_PROMPTS_PER_BATCH = 4
 
 
 class Priority(IntEnum):
@@ -149,7 +155,10 @@ class ModelWorker:
             if first.on_text is not None:  # a streamed reply runs on its own
                 return batch
             deadline = time.monotonic() + (0.0 if replies_only else self.batch_wait)
-            while len(batch) < self.max_batch:
+            limit = self.max_batch
+            if first.priority >= Priority.JOB and getattr(self.backend, "continuous_batching", False):
+                limit *= JOB_PROMPTS_PER_BATCH
+            while len(batch) < limit:
                 match = next(
                     (
                         r for r in sorted(self._heap)
@@ -194,8 +203,9 @@ class ModelWorker:
             if batch[0].on_text is not None and stream is not None:
                 results = [stream(batch[0].prompt, batch[0].params, batch[0].on_text)]
             elif batch[0].priority >= Priority.JOB and getattr(self.backend, "accepts_between_steps", False):
+                extra = {"max_rows": self.max_batch} if getattr(self.backend, "continuous_batching", False) else {}
                 results = self.backend.generate(  # type: ignore[call-arg]
-                    [r.prompt for r in batch], batch[0].params, between_steps=self._serve_waiting_replies
+                    [r.prompt for r in batch], batch[0].params, between_steps=self._serve_waiting_replies, **extra
                 )
             else:
                 results = self.backend.generate([r.prompt for r in batch], batch[0].params)

@@ -102,6 +102,31 @@ async def test_malformed_output_is_stored_flagged_retried_then_falls_back(settin
         await app.close()
 
 
+async def test_a_retry_does_not_hold_up_the_jobs_behind_it(settings, clock: ManualClock) -> None:
+    """With one job per claim, a malformed output's retry is pending again at once; the run must go on to
+    the other sessions instead of claiming the retried job first and stopping (found by bench/jobs.py)."""
+    def garbage_for_alice(prompt: Prompt) -> str:
+        text = "\n".join(m[1] for m in prompt.messages)
+        if prompt.task == "session_memory" and "alice" in text.lower().split("facts about bob:")[-1]:
+            return "!!!"
+        return default_response(prompt)
+
+    settings.jobs.batch_size = 1
+    backend = FakeBackend(responder=garbage_for_alice)
+    app = await App.create(settings, backend=backend, clock=clock)
+    await app.start(schedule=False)
+    try:
+        await _sessions_for(app, ["alice", "bob", "carol"], clock)
+        report = await app.jobs.run_due()
+        assert report.session_memories.written == 2  # bob's and carol's, in the same run
+        assert report.session_memories.malformed == 1
+        rest = await app.jobs.run_until_idle()
+        assert rest.session_memories.fallbacks == 1  # alice's, after its retries
+        assert await app.store.scalar("SELECT COUNT(*) FROM session_memories") == 3
+    finally:
+        await app.close()
+
+
 async def test_malformed_compression_never_crashes(settings, clock: ManualClock) -> None:
     def bad_compress(prompt: Prompt) -> str:
         return "" if prompt.task == "compress" else default_response(prompt)

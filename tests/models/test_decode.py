@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from models.cuda_graph_decode import batch_bucket, cache_bucket, decode_with_static_cache
 from models.decode import DecodeParams, decode
-from tests.tiny_models import build_tiny_gpt2, build_tiny_llama
+from tests.tiny_models import build_tiny_gpt2, build_tiny_llama, early_stop_token
 
 PROMPTS = [
     "Hello, how are you today? I am",
@@ -102,15 +102,6 @@ def _decode(bundle: Bundle, **params: Any) -> list[list[int]]:
     )
 
 
-def _early_stop_token(rows: list[list[int]]) -> int:
-    """A token greedy emits early in some row but never in another row."""
-    for row in rows:
-        for tok in row[1:10]:
-            if any(tok not in other for other in rows):
-                return tok
-    raise AssertionError(f"no usable stop token in {rows}")
-
-
 # ---------------------------------------------------------------- greedy identity
 
 
@@ -121,7 +112,7 @@ def test_greedy_matches_generate(tiny: Bundle) -> None:
 
 
 def test_greedy_matches_generate_with_early_stop(tiny: Bundle) -> None:
-    stop = _early_stop_token(_generate(tiny))
+    stop = early_stop_token(_generate(tiny))
     expected = _generate(tiny, stop_ids=(stop,))
     lengths = [len(row) for row in expected]
     assert min(lengths) < NEW_TOKENS - 5, "stop token must end some row early"
@@ -160,7 +151,7 @@ def test_penalties_match_generate_without_padding(tiny: Bundle) -> None:
 def test_static_cache_path_matches_plain_loop(tiny: Bundle) -> None:
     """The CUDA-graph path's bookkeeping (buckets, 4-D mask, StaticCache) run eagerly on CPU."""
     expected = _decode(tiny)
-    stop = _early_stop_token(expected)
+    stop = early_stop_token(expected)
     for params in (
         DecodeParams(max_new_tokens=NEW_TOKENS),
         DecodeParams(max_new_tokens=NEW_TOKENS, stop_token_ids=(stop,)),

@@ -356,7 +356,8 @@ def test_dialogpt_empty_output_is_sampled_again_by_the_backend(tiny: Tiny, monke
     calls: list[int] = []
     word = tiny.gpt2.tokenizer("Hello", add_special_tokens=False)["input_ids"]
 
-    def fake_lean(batch: object, params: GenParams, between_steps: object = None) -> list[list[int]]:
+    def fake_lean(batch: object, params: GenParams, between_steps: object = None,
+                  max_rows: object = None) -> list[list[int]]:
         calls.append(len(batch["input_ids"]))  # type: ignore[index]
         return [[] for _ in range(calls[-1])] if len(calls) < 3 else [word] * calls[-1]
 
