@@ -24,7 +24,9 @@ from models.decode import (
     DecodeParams,
     TokenSelector,
     accepts_logits_to_keep,
+    cache_arg,
     model_device,
+    output_cache,
     prompt_position_ids,
     record_step,
 )
@@ -124,9 +126,9 @@ class _SharedPrefixes:
         if leader not in self._caches:
             tokens = self.prompts[leader][: self.length[row]]
             ids = torch.tensor([tokens], dtype=torch.long, device=model_device(self.model, torch.device("cpu")))
-            out = self.model(input_ids=ids, past_key_values=new_dynamic_cache(self.model), use_cache=True,
-                             return_dict=True, **self.extra)
-            self._caches[leader] = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+            out = self.model(input_ids=ids, use_cache=True, return_dict=True,
+                             **{cache_arg(self.model): new_dynamic_cache(self.model)}, **self.extra)
+            self._caches[leader] = [(layer.keys, layer.values) for layer in output_cache(out).layers]
         return self._caches[leader]
 
 
@@ -176,6 +178,7 @@ def decode_continuous(
     prompts = [row[width_all - int(n):] for row, n in zip(input_ids.tolist(), attention_mask.sum(-1).tolist(),
                                                            strict=True)]
     extra: dict[str, Any] = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
+    cache_name = cache_arg(model)
     stop_ids = frozenset(int(t) for t in params.stop_token_ids)
     waiting = deque(range(total))
     batch = _Batch()
@@ -207,10 +210,10 @@ def decode_continuous(
                              values.expand(len(group), -1, -1, -1).contiguous(), layer)
         positions = prompt_position_ids(g_mask)
         out = model(input_ids=g_ids[:, shared:], attention_mask=None if bool(g_mask.all()) else g_mask,
-                    position_ids=positions[:, shared:], past_key_values=cache, use_cache=True, return_dict=True,
+                    position_ids=positions[:, shared:], use_cache=True, return_dict=True, **{cache_name: cache},
                     **extra)
         logits = out.logits[:, -1].float()
-        cache = out.past_key_values
+        cache = output_cache(out)
         del out
         selector = TokenSelector(params, g_ids, g_mask, logits.shape[-1])
         tokens = selector.select(logits)
@@ -241,8 +244,8 @@ def decode_continuous(
             assert batch.mask is not None and batch.tokens is not None and batch.selector is not None
             batch.mask = torch.cat([batch.mask, batch.mask.new_ones((batch.mask.shape[0], 1))], dim=-1)
             out = model(input_ids=batch.tokens[:, None], attention_mask=batch.mask, position_ids=batch.next_pos,
-                        past_key_values=batch.cache, use_cache=True, return_dict=True, **extra)
-            batch.cache = out.past_key_values
+                        use_cache=True, return_dict=True, **{cache_name: batch.cache}, **extra)
+            batch.cache = output_cache(out)
             logits = out.logits[:, -1].float()
             del out
             batch.next_pos = batch.next_pos + 1  # type: ignore[operator]

@@ -275,6 +275,21 @@ def accepts_logits_to_keep(model: Any) -> bool:
         return False
 
 
+def cache_arg(model: Any) -> str:
+    """The forward's name for the key/value cache: transformers 5.24 renamed ``past_key_values`` to ``cache``
+    (the old name is accepted with a warning until 5.40), and membot allows any 5.x."""
+    try:
+        return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    except (TypeError, ValueError):
+        return "past_key_values"
+
+
+def output_cache(out: Any) -> Any:
+    """The cache a forward returned, under either name."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
+
+
 def model_device(model: Any, fallback: torch.device) -> torch.device:
     """The device of the model's parameters (inputs are moved there)."""
     device = getattr(model, "device", None)
@@ -356,6 +371,7 @@ def _decode_dynamic(
     mask: torch.Tensor | None = None if bool(attention_mask.all()) else attention_mask
 
     extra: dict[str, Any] = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
+    cache_name = cache_arg(model)
     stop_ids = frozenset(int(t) for t in params.stop_token_ids)
     live_rows = list(range(batch_size))
 
@@ -370,12 +386,12 @@ def _decode_dynamic(
                 input_ids=input_ids[rows],
                 attention_mask=None if mask is None else mask[rows],
                 position_ids=position_ids[rows],
-                past_key_values=_new_dynamic_cache(model),
+                **{cache_name: _new_dynamic_cache(model)},
                 use_cache=True,
                 return_dict=True,
                 **extra,
             )
-            cache = out.past_key_values if cache is None else _concat_cache_rows(cache, out.past_key_values)
+            cache = output_cache(out) if cache is None else _concat_cache_rows(cache, output_cache(out))
             parts.append(out.logits[:, -1].float())
             del out
         logits = parts[0] if len(parts) == 1 else torch.cat(parts)
@@ -417,12 +433,12 @@ def _decode_dynamic(
                 input_ids=tokens[:, None],
                 attention_mask=mask,
                 position_ids=next_pos,
-                past_key_values=cache,
+                **{cache_name: cache},
                 use_cache=True,
                 return_dict=True,
                 **extra,
             )
-            cache = out.past_key_values
+            cache = output_cache(out)
             logits = out.logits[:, -1].float()
             del out
             next_pos = next_pos + 1

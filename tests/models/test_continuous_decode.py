@@ -3,6 +3,7 @@ hand their place to waiting prompts, and every row's tokens equal that prompt de
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from models.continuous_decode import decode_continuous
-from models.decode import DecodeParams
+from models.decode import DecodeParams, output_cache
 from tests.tiny_models import build_tiny_llama, early_stop_token
 
 PROMPTS = [
@@ -77,9 +78,10 @@ def test_never_more_rows_than_max_rows_and_the_cache_is_trimmed(tiny: tuple[Any,
     seen: list[tuple[int, int]] = []
     real_forward = model.forward
 
+    @functools.wraps(real_forward)  # keeps the forward's signature, which decode reads
     def spy(*args: Any, **kwargs: Any) -> Any:
         out = real_forward(*args, **kwargs)
-        seen.append((kwargs["input_ids"].shape[0], out.past_key_values.get_seq_length()))
+        seen.append((kwargs["input_ids"].shape[0], output_cache(out).get_seq_length()))
         return out
 
     model.forward = spy  # type: ignore[method-assign]
@@ -131,6 +133,7 @@ def test_a_shared_beginning_is_prefilled_once(tiny: tuple[Any, Any]) -> None:
     widths: list[int] = []
     real_forward = model.forward
 
+    @functools.wraps(real_forward)  # keeps the forward's signature, which decode reads
     def spy(*args: Any, **kwargs: Any) -> Any:
         widths.append(kwargs["input_ids"].shape[1])
         return real_forward(*args, **kwargs)

@@ -17,7 +17,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from models.base import GenParams, Prompt
-from models.decode import DecodeParams, decode, prompt_position_ids
+from models.decode import DecodeParams, cache_arg, decode, output_cache, prompt_position_ids
 from models.fast_llama import FastLlamaStepper, supported
 from models.quantize import int4_available, quantize_model
 from models.transformers_backend import TransformersBackend
@@ -49,8 +49,8 @@ def test_steps_match_the_transformers_forward(int4_llama: tuple[Any, Any, Path])
     ids, mask = enc.input_ids, enc.attention_mask
     with torch.inference_mode():
         out = model(input_ids=ids, attention_mask=mask, position_ids=prompt_position_ids(mask),
-                    past_key_values=DynamicCache(config=model.config), use_cache=True)
-        state = stepper.start(out.past_key_values, mask, max_new_tokens=3)
+                    use_cache=True, **{cache_arg(model): DynamicCache(config=model.config)})
+        state = stepper.start(output_cache(out), mask, max_new_tokens=3)
         seq, seq_mask = ids, mask
         nxt = out.logits[:, -1].argmax(-1)
         pos = prompt_position_ids(mask)[:, -1:] + 1
