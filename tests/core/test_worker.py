@@ -117,3 +117,38 @@ async def test_a_job_batch_yields_to_a_reply_between_decode_steps(tmp_path) -> N
     assert reply[0].new_tokens == 4
     assert [g.text for g in await job_task] == [g.text for g in alone]  # and the jobs lost nothing
     await worker.close()
+
+
+class ContinuousBackend(GatedBackend):
+    """Says it batches continuously: the worker then hands it more job prompts than `max_batch` at once."""
+
+    accepts_between_steps = True
+    continuous_batching = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.max_rows: list[int | None] = []
+
+    def generate(self, prompts: Sequence[Prompt], params: GenParams, between_steps: object = None,
+                 max_rows: int | None = None) -> list[Generation]:
+        self.max_rows.append(max_rows)
+        return super().generate(prompts, params)
+
+
+async def test_job_prompts_beyond_max_batch_go_to_a_continuous_backend_together() -> None:
+    backend = ContinuousBackend()
+    worker = ModelWorker(backend, max_batch=4, batch_wait_ms=1)
+    params = GenParams()
+    first = asyncio.ensure_future(worker.generate([Prompt(text="first")], params, Priority.JOB))
+    await _wait_started(backend, worker)
+    jobs = asyncio.ensure_future(worker.generate([Prompt(text=f"j{i}") for i in range(20)], params, Priority.JOB))
+    replies = asyncio.ensure_future(worker.generate([Prompt(text=f"r{i}") for i in range(6)], params))
+    await asyncio.sleep(0.02)
+    backend.gate.set()
+    assert [g.text for g in await jobs] == [f"J{i}" for i in range(20)]
+    await replies
+    await first
+    sizes = [len(b) for b in backend.batches]
+    assert sizes == [1, 4, 2, 16, 4]  # replies in batches of max_batch; jobs 4 x max_batch, 4 rows at a time
+    assert backend.max_rows == [4, None, None, 4, 4]
+    await worker.close()
