@@ -121,6 +121,14 @@ class _SharedPrefixes:
                 for m in members:
                     self.length[m], self._leader[m] = shared, members[0]
 
+    def split(self, group: list[int]) -> list[tuple[int, list[int]]]:
+        """`group` as (shared tokens, rows) parts, rows without a shared prefix together (0), in order of first
+        appearance: each part is prefilled on its own."""
+        parts: dict[int, list[int]] = {}
+        for row in group:
+            parts.setdefault(self._leader.get(row, -1), []).append(row)
+        return [(self.length[rows[0]] if leader >= 0 else 0, rows) for leader, rows in parts.items()]
+
     def cache(self, row: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         leader = self._leader[row]
         if leader not in self._caches:
@@ -130,16 +138,6 @@ class _SharedPrefixes:
                              **{cache_arg(self.model): new_dynamic_cache(self.model)}, **self.extra)
             self._caches[leader] = [(layer.keys, layer.values) for layer in output_cache(out).layers]
         return self._caches[leader]
-
-
-def _by_prefix(group: list[int], prefixes: _SharedPrefixes | None) -> list[tuple[int, list[int]]]:
-    """`group` split by shared prefix (rows without one together), in order of first appearance."""
-    parts: dict[int, list[int]] = {}
-    for row in group:
-        key = prefixes._leader.get(row, -1) if prefixes is not None else -1
-        parts.setdefault(key, []).append(row)
-    return [((prefixes.length[rows[0]] if key >= 0 and prefixes is not None else 0), rows)
-            for key, rows in parts.items()]
 
 
 def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
@@ -189,7 +187,7 @@ def decode_continuous(
         return should_stop is not None and should_stop()
 
     def admit(group: list[int]) -> None:
-        for shared, members in _by_prefix(group, prefixes):
+        for shared, members in prefixes.split(group) if prefixes is not None else [(0, group)]:
             prefill(members, shared)
 
     def prefill(group: list[int], shared: int) -> None:
@@ -216,9 +214,7 @@ def decode_continuous(
         cache = output_cache(out)
         del out
         selector = TokenSelector(params, g_ids, g_mask, logits.shape[-1])
-        tokens = selector.select(logits)
-        token_list = tokens.tolist()
-        selector.observe(tokens, token_list)
+        tokens, token_list = selector.next_tokens(logits)
         keep = record_step(token_list, group, results, stop_ids, params.max_new_tokens)
         if not keep:
             return
@@ -249,8 +245,5 @@ def decode_continuous(
             logits = out.logits[:, -1].float()
             del out
             batch.next_pos = batch.next_pos + 1  # type: ignore[operator]
-            tokens = batch.selector.select(logits)
-            token_list = tokens.tolist()
-            batch.selector.observe(tokens, token_list)
-            batch.tokens = tokens
+            batch.tokens, token_list = batch.selector.next_tokens(logits)
             batch.keep(record_step(token_list, batch.rows, results, stop_ids, params.max_new_tokens))

@@ -149,6 +149,7 @@ class _StepRunner:
         self.device = model_device(model, torch.device("cpu"))
         self.cache = StaticCache(config=model.config, max_cache_len=cache_len)
         self.extra: dict[str, Any] = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
+        self.cache_name = cache_arg(model)  # read once: the signature lookup is too slow for every step
         self.bool_mask = model.config._attn_implementation == "sdpa"
         dtype = next(model.parameters()).dtype
         self.input_ids = torch.zeros((batch, 1), dtype=torch.long, device=self.device)
@@ -190,7 +191,7 @@ class _StepRunner:
             input_ids=ids,
             attention_mask=self.mask2d,  # full cache width: StaticCache masks are max_cache_len wide
             position_ids=prompt_position_ids(prompt_mask),
-            **{cache_arg(self.model): self.cache},
+            **{self.cache_name: self.cache},
             use_cache=True,
             return_dict=True,
             **self.extra,
@@ -202,7 +203,7 @@ class _StepRunner:
             input_ids=self.input_ids,
             attention_mask=self.mask4d,
             position_ids=self.position_ids,
-            **{cache_arg(self.model): self.cache},
+            **{self.cache_name: self.cache},
             use_cache=True,
             return_dict=True,
             **self.extra,
@@ -301,9 +302,7 @@ def decode_with_static_cache(
         slots_t = torch.tensor(live_slots, dtype=torch.long, device=device)
         step = 0
         while True:
-            tokens = selector.select(logits)
-            token_list = tokens.tolist()
-            selector.observe(tokens, token_list)
+            tokens, token_list = selector.next_tokens(logits)
             keep = record_step(token_list, live_rows, results, stop_ids, params.max_new_tokens)
             if not keep:
                 break

@@ -195,6 +195,14 @@ class TokenSelector:
         probs = torch.softmax(scores, dim=-1)
         return torch.multinomial(probs, num_samples=1, generator=self.generator).squeeze(1)
 
+    def next_tokens(self, logits: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        """One step's choice for every row, recorded for the penalties: the tokens as a tensor (fed back to
+        the model) and as a list (for per-row bookkeeping)."""
+        tokens = self.select(logits)
+        token_list = tokens.tolist()
+        self.observe(tokens, token_list)
+        return tokens, token_list
+
     def _ban_ngrams(self, scores: torch.Tensor) -> torch.Tensor:
         n = self.ngram_size
         banned_rows: list[int] = []
@@ -402,9 +410,7 @@ def _decode_dynamic(
         selector = TokenSelector(params, input_ids, attention_mask, logits.shape[-1])
 
         while True:
-            tokens = selector.select(logits)
-            token_list = tokens.tolist()
-            selector.observe(tokens, token_list)
+            tokens, token_list = selector.next_tokens(logits)
             keep = record_step(token_list, live_rows, results, stop_ids, params.max_new_tokens)
             if not keep:
                 break
