@@ -1,4 +1,10 @@
-"""LoCoMo loader against the shared dev split: the README's counts are the contract."""
+"""LoCoMo loader against tests/fixtures/locomo_mini.json: two small conversations written for these tests in
+the format of LoCoMo's data/locomo10.json, with the traps of the real file (numeric session keys out of
+order, a date key with no session, image turns with and without img_url, integer answers, adversarial
+questions with and without an answer, a malformed evidence id, a time just after midnight).
+
+The same loader on the real data file: tests/locomo/test_locomo_real_data.py (run when MEMBOT_LOCOMO_DATA names it).
+"""
 
 from __future__ import annotations
 
@@ -10,23 +16,26 @@ import pytest
 
 from memory.locomo.dataset import Question, load_locomo, parse_conversation, parse_locomo_datetime
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEV = REPO_ROOT.parent / "shared" / "data" / "locomo" / "locomo_dev.json"
+MINI = Path(__file__).resolve().parents[1] / "fixtures" / "locomo_mini.json"
 
-# sample_id -> (speaker_a, speaker_b, sessions, turns, QA all, QA without category 5), from README.md
+# sample_id -> (speaker_a, speaker_b, sessions, turns, QA all, QA without category 5), counted in the fixture
 EXPECTED = {
-    "conv-26": ("Caroline", "Melanie", 19, 419, 199, 152),
-    "conv-30": ("Jon", "Gina", 19, 369, 105, 81),
-    "conv-41": ("John", "Maria", 32, 663, 193, 152),
+    "mini-1": ("Nora", "Felix", 10, 29, 13, 11),
+    "mini-2": ("Ravi", "Jules", 4, 12, 6, 5),
 }
 
 
 @pytest.fixture(scope="module")
 def convs():
-    return {c.sample_id: c for c in load_locomo(DEV)}
+    return {c.sample_id: c for c in load_locomo(MINI)}
 
 
-def test_counts_match_readme(convs) -> None:
+def _ask(conv, text: str) -> Question:
+    [q] = [q for q in conv.questions if q.question == text]
+    return q
+
+
+def test_counts_match_the_fixture(convs) -> None:
     assert list(convs) == list(EXPECTED)
     for sid, (a, b, n_sess, n_turns, n_qa, n_qa_no5) in EXPECTED.items():
         c = convs[sid]
@@ -35,6 +44,7 @@ def test_counts_match_readme(convs) -> None:
         assert sum(len(s.turns) for s in c.sessions) == n_turns == len(c.turns)
         assert len(c.questions) == n_qa
         assert sum(q.category != 5 for q in c.questions) == n_qa_no5
+    assert {q.category for c in convs.values() for q in c.questions} == {1, 2, 3, 4, 5}
 
 
 def test_sessions_in_numeric_order_with_parsed_dates(convs) -> None:
@@ -44,49 +54,62 @@ def test_sessions_in_numeric_order_with_parsed_dates(convs) -> None:
         for s in c.sessions:
             assert s.when.tzinfo is UTC
             assert all(t.dia_id.startswith(f"D{s.index}:") for t in s.turns)
-    s1 = convs["conv-26"].sessions[0]
+    s1 = convs["mini-1"].sessions[0]
     assert s1.date_time == "1:56 pm on 8 May, 2023"
     assert s1.when == datetime(2023, 5, 8, 13, 56, tzinfo=UTC)
-    # session_10 must follow session_9 (string sorting would put it after session_1)
-    assert convs["conv-26"].sessions[9].index == 10
-    # conv-30 session 3 is just after midnight: "12:48 am on 1 February, 2023"
-    assert convs["conv-30"].sessions[2].when == datetime(2023, 2, 1, 0, 48, tzinfo=UTC)
+    # session_10 comes second in the file and must still follow session_9 (string sorting would put it
+    # after session_1); session_11 has a date key but no turns, so it is not a session
+    assert convs["mini-1"].sessions[9].index == 10
+    assert convs["mini-1"].sessions[9].when == datetime(2023, 10, 14, 15, 10, tzinfo=UTC)
+    assert convs["mini-1"].sessions[8].when == datetime(2023, 9, 30, 12, 5, tzinfo=UTC)  # 12:05 pm is noon
+    assert convs["mini-1"].sessions[5].when == datetime(2023, 8, 3, 11, 20, tzinfo=UTC)  # "3 Aug, 2023"
+    # mini-2 session 3 is just after midnight: "12:48 am on 1 February, 2023"
+    assert convs["mini-2"].sessions[2].when == datetime(2023, 2, 1, 0, 48, tzinfo=UTC)
 
 
 def test_image_caption_appended(convs) -> None:
-    turn = next(t for t in convs["conv-26"].turns if t.img_url)
-    assert turn.caption
+    turn = next(t for t in convs["mini-1"].turns if t.img_url)
+    assert turn.dia_id == "D1:2" and turn.img_url == "https://example.com/locomo-mini/green-vase.jpg"
+    assert turn.caption == "a photo of a green vase on a wooden shelf"
     assert turn.text == f"{turn.raw_text} [shares a photo: {turn.caption}]"
-    d1_19 = next(t for t in convs["conv-30"].turns if t.dia_id == "D1:19")
-    assert d1_19.text.endswith(
-        "[shares a photo: a photo of a large open porch with a fireplace and a view of the water]"
+    # an image turn with a caption but no img_url still shows the picture
+    d1_2 = next(t for t in convs["mini-2"].turns if t.dia_id == "D1:2")
+    assert d1_2.img_url is None
+    assert d1_2.text.endswith(
+        "[shares a photo: a photo of a band playing on a small stage with string lights]"
     )
-    plain = next(t for t in convs["conv-26"].turns if t.dia_id == "D1:3")
+    plain = next(t for t in convs["mini-1"].turns if t.dia_id == "D1:3")
     assert plain.text == plain.raw_text and plain.caption is None
 
 
 def test_answers_are_strings_and_adversarial_kept(convs) -> None:
-    qs = convs["conv-26"].questions
-    assert qs[75].question == "How many children does Melanie have?"
-    assert qs[75].answer == "3"  # integer 3 in the JSON
+    mini1 = convs["mini-1"]
+    assert _ask(mini1, "How many siblings does Felix have?").answer == "3"  # integer 3 in the JSON
+    assert _ask(mini1, "In which year did Felix's sister make the green vase?").answer == "2022"
     assert all(q.answer is None or isinstance(q.answer, str) for c in convs.values() for q in c.questions)
-    adv = qs[152]
+    adv = _ask(mini1, "What did Felix sign up for at the pottery open day?")
     assert adv.category == 5 and adv.answer is None
-    assert adv.adversarial_answer == "self-care is important"
+    assert adv.adversarial_answer == "a beginners' class"
     assert adv.category_name == "adversarial"
+    both = _ask(mini1, "Did Nora make the green vase in the photo?")  # category 5 with an answer as well
+    assert (both.category, both.answer, both.adversarial_answer) == (5, "No", "Yes")
+    # questions stay in file order (adversarial ones last, as in LoCoMo)
+    assert mini1.questions[0].question == "When did Nora go to the pottery open day?"
+    assert [q.category for q in mini1.questions][-2:] == [5, 5]
 
 
 def test_malformed_evidence_repaired(convs) -> None:
-    q = convs["conv-26"].questions[37]
-    assert q.evidence == ["D8:6; D9:17"]
-    assert q.evidence_ids == ["D8:6", "D9:17"]
+    q = _ask(convs["mini-1"], "Where did Nora go in October and who fed Pepper?")
+    assert q.evidence == ["D8:1; D9:2"]
+    assert q.evidence_ids == ["D8:1", "D9:2"]
+    assert _ask(convs["mini-1"], "What does Nora do to unwind?").evidence_ids == ["D3:1", "D2:3"]
 
 
 def test_filter_and_unknown_id() -> None:
-    only = load_locomo(DEV, conversations=["conv-41"])
-    assert [c.sample_id for c in only] == ["conv-41"]
+    only = load_locomo(MINI, conversations=["mini-2"])
+    assert [c.sample_id for c in only] == ["mini-2"]
     with pytest.raises(ValueError):
-        load_locomo(DEV, conversations=["conv-99"])
+        load_locomo(MINI, conversations=["conv-99"])
 
 
 def test_empty_sessions_skipped_and_date_only_keys_ignored() -> None:

@@ -1,7 +1,9 @@
-"""LoCoMo scoring: hand-computed golden cases, NLTK stemmer parity, and a hand check of real dev QA.
+"""LoCoMo scoring: hand-computed golden cases, NLTK stemmer parity, and a hand check of five questions of
+tests/fixtures/locomo_mini.json (LoCoMo's format, written for these tests).
 
 Every expected number here was worked out by hand (arithmetic in the comments), not produced by
 running the code under test. The stemmer table holds NLTK 3.10 ``PorterStemmer().stem`` outputs.
+The same hand check on questions of the real data: tests/locomo/test_locomo_real_data.py.
 """
 
 from __future__ import annotations
@@ -26,8 +28,7 @@ from memory.locomo.scoring import (
 )
 from memory.porter import stem
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEV = REPO_ROOT.parent / "shared" / "data" / "locomo" / "locomo_dev.json"
+MINI = Path(__file__).resolve().parents[1] / "fixtures" / "locomo_mini.json"
 
 # nltk.stem.PorterStemmer() (default NLTK_EXTENSIONS mode), NLTK 3.10.4.
 NLTK_STEMS = {
@@ -164,71 +165,71 @@ def test_evidence_recall() -> None:
     assert evidence_recall([], ["D1:1"]) == 0.0
 
 
-# --------------------------------------------------------------------------- hand check on dev data
+# --------------------------------------------------------------------------- hand check on the fixture
 
 
 @pytest.fixture(scope="module")
-def dev():
-    convs = {c.sample_id: c for c in load_locomo(DEV)}
+def mini():
+    convs = {c.sample_id: c for c in load_locomo(MINI)}
     turns = {(c.sample_id, t.dia_id): t.text for c in convs.values() for t in c.turns}
     return convs, turns
 
 
-def test_hand_check_five_dev_questions(dev) -> None:
-    convs, turns = dev
+def test_hand_check_five_fixture_questions(mini) -> None:
+    convs, turns = mini
 
-    # 1) conv-26 #0, cat 2 "When did Caroline go to the LGBTQ support group?" gold "7 May 2023".
-    #    pred "Caroline went on May 7, 2023" -> [carolin, went, on, may, 7, 2023]; gold [7, may, 2023]
+    # 1) mini-1 #0, cat 2 "When did Nora go to the pottery open day?" gold "7 May 2023".
+    #    pred "Nora went on May 7, 2023" -> [nora, went, on, may, 7, 2023]; gold [7, may, 2023]
     #    common 3: P=3/6, R=3/3 -> F1 = 2*.5*1/1.5 = 2/3.
-    #    Evidence D1:3 says "yesterday", not the date -> has-answer False.
-    q = convs["conv-26"].questions[0]
+    #    Evidence D1:1 says "yesterday", not the date -> has-answer False.
+    q = convs["mini-1"].questions[0]
     assert (q.category, q.answer) == (2, "7 May 2023")
-    assert score_answer("Caroline went on May 7, 2023", q) == pytest.approx(2 / 3)
-    assert not context_has_answer(turns["conv-26", "D1:3"], gold_answer(q))
+    assert score_answer("Nora went on May 7, 2023", q) == pytest.approx(2 / 3)
+    assert not context_has_answer(turns["mini-1", "D1:1"], gold_answer(q))
 
-    # 2) conv-26 #24, cat 1 "What does Melanie do to destress?" gold "Running, pottery".
-    #    pred parts "running" | "pottery class"; gold "Running": best 1.0 ("running");
-    #    gold "pottery": [potteri] vs [potteri, class] P=1/2 R=1 -> 2/3. Mean (1 + 2/3)/2 = 5/6.
-    #    Context D7:22 + D5:4 has "running" and "pottery" but not the run "running , pottery"
-    #    -> has-answer False, token recall [run, potteri] both present = 1.0.
-    q = convs["conv-26"].questions[24]
-    assert (q.category, q.answer) == (1, "Running, pottery")
-    assert score_answer("running, pottery class", q) == pytest.approx(5 / 6)
-    ctx = turns["conv-26", "D7:22"] + "\n" + turns["conv-26", "D5:4"]
+    # 2) mini-1 #3, cat 1 "What does Nora do to unwind?" gold "Hiking, baking".
+    #    pred parts "hiking" | "baking bread"; gold "Hiking" -> [hike]: best 1.0 ("hiking");
+    #    gold "baking" -> [bake] vs [bake, bread] P=1/2 R=1 -> 2/3. Mean (1 + 2/3)/2 = 5/6.
+    #    Context D3:1 + D2:3 has "hiking" and "baking" but not the run "hiking , baking"
+    #    -> has-answer False, token recall [hike, bake] both present = 1.0.
+    q = convs["mini-1"].questions[3]
+    assert (q.category, q.answer) == (1, "Hiking, baking")
+    assert score_answer("hiking, baking bread", q) == pytest.approx(5 / 6)
+    ctx = turns["mini-1", "D3:1"] + "\n" + turns["mini-1", "D2:3"]
     assert not context_has_answer(ctx, gold_answer(q))
     assert answer_token_recall(ctx, gold_answer(q)) == 1.0
 
-    # 3) conv-30 #42, cat 4 "What kind of dance piece did Gina's team perform to win first place?"
-    #    gold '"Finding Freedom"' -> [find, freedom]; pred 'A contemporary piece called "Finding
-    #    Freedom."' -> [contemporari, piec, call, find, freedom]; P=2/5 R=1 -> 2*.4/1.4 = 4/7.
-    #    D1:19 reads '..called "Finding Freedom." It..': gold tokens '" finding freedom "' but
-    #    the context has '" finding freedom . "' -> has-answer False (LoCoMo's rule is that strict).
-    q = convs["conv-30"].questions[42]
-    assert (q.category, q.answer) == (4, '"Finding Freedom"')
-    assert score_answer('A contemporary piece called "Finding Freedom."', q) == pytest.approx(4 / 7)
-    assert not context_has_answer(turns["conv-30", "D1:19"], gold_answer(q))
-    assert answer_token_recall(turns["conv-30", "D1:19"], gold_answer(q)) == 1.0
+    # 3) mini-2 #0, cat 4 "What song did Jules's band play at the wedding?"
+    #    gold '"Blue Horizon"' -> [blue, horizon]; pred 'A jazz song called "Blue Horizon."'
+    #    -> [jazz, song, call, blue, horizon]; P=2/5 R=1 -> 2*.4/1.4 = 4/7.
+    #    D1:2 reads '..called "Blue Horizon." It..': gold tokens '" blue horizon "' but the
+    #    context has '" blue horizon . "' -> has-answer False (LoCoMo's rule is that strict).
+    q = convs["mini-2"].questions[0]
+    assert (q.category, q.answer) == (4, '"Blue Horizon"')
+    assert score_answer('A jazz song called "Blue Horizon."', q) == pytest.approx(4 / 7)
+    assert not context_has_answer(turns["mini-2", "D1:2"], gold_answer(q))
+    assert answer_token_recall(turns["mini-2", "D1:2"], gold_answer(q)) == 1.0
 
-    # 4) conv-41 #18, cat 1 "Who did John go to yoga with?" gold "Rob".
-    #    pred "His colleague Rob" -> [hi, colleagu, rob] vs [rob]: P=1/3 R=1 -> (2/3)/(4/3) = 1/2.
-    #    D7:16 "...my colleague Rob invited me..." -> has-answer True.
-    q = convs["conv-41"].questions[18]
-    assert (q.category, q.answer) == (1, "Rob")
-    assert score_answer("His colleague Rob", q) == pytest.approx(0.5)
-    assert context_has_answer(turns["conv-41", "D7:16"], gold_answer(q))
+    # 4) mini-2 #1, cat 1 "Who did Ravi go climbing with?" gold "Priya".
+    #    pred "His colleague Priya" -> [hi, colleagu, priya] vs [priya]: P=1/3 R=1 -> (2/3)/(4/3) = 1/2.
+    #    D2:1 "Since my colleague Priya invited me..." -> has-answer True.
+    q = convs["mini-2"].questions[1]
+    assert (q.category, q.answer) == (1, "Priya")
+    assert score_answer("His colleague Priya", q) == pytest.approx(0.5)
+    assert context_has_answer(turns["mini-2", "D2:1"], gold_answer(q))
 
-    # 5) conv-26 #42, cat 3 "Would Melanie be more interested in going to a national park or a
-    #    theme park?" gold "National park; she likes the outdoors" -> scored gold "National park".
-    #    pred "A national park" -> [nation, park] == gold -> F1 1.0. Evidence D10:12 (camping,
-    #    campfire) never says "national park" -> has-answer False, token recall 0/2 = 0.0.
-    q = convs["conv-26"].questions[42]
-    assert q.category == 3 and gold_answer(q) == "National park"
-    assert score_answer("A national park", q) == 1.0
-    assert not context_has_answer(turns["conv-26", "D10:12"], gold_answer(q))
-    assert answer_token_recall(turns["conv-26", "D10:12"], gold_answer(q)) == 0.0
+    # 5) mini-1 #5, cat 3 "Would Nora rather spend a weekend at a lake or in a big city?"
+    #    gold "A lake; she loves swimming outdoors" -> scored gold "A lake".
+    #    pred "The lake" -> [lake] == gold -> F1 1.0. Evidence D3:3 (camping in the woods,
+    #    swimming) never says "lake" -> has-answer False, token recall 0/1 = 0.0.
+    q = convs["mini-1"].questions[5]
+    assert q.category == 3 and gold_answer(q) == "A lake"
+    assert score_answer("The lake", q) == 1.0
+    assert not context_has_answer(turns["mini-1", "D3:3"], gold_answer(q))
+    assert answer_token_recall(turns["mini-1", "D3:3"], gold_answer(q)) == 0.0
 
 
-def test_stemmed_tokens_of_dev_answer() -> None:
-    assert stemmed_tokens('A contemporary piece called "Finding Freedom."') == [
-        "contemporari", "piec", "call", "find", "freedom",
+def test_stemmed_tokens_of_fixture_answer() -> None:
+    assert stemmed_tokens('A jazz song called "Blue Horizon."') == [
+        "jazz", "song", "call", "blue", "horizon",
     ]  # fmt: skip

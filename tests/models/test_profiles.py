@@ -39,7 +39,8 @@ from models.profiles.godel import GodelProfile
 from models.transformers_backend import TransformersBackend
 from tests.tiny_models import build_tiny_gpt2, build_tiny_llama, build_tiny_t5
 
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "prompt_formats.md"
+# The COMEDY authors' released prompt strings (nuochenpku/COMEDY, comedy_test.py), kept with the tests.
+REFERENCE = Path(__file__).resolve().parents[1] / "fixtures" / "comedy_reference_templates.md"
 
 TURNS = (("user", "Hello, how are you today?"), ("bot", "I am fine, thank you."), ("user", "What is your name?"))
 
@@ -107,9 +108,7 @@ COMEDY_TURNS = (("user", "你好"), ("bot", "你好！"), ("user", "我的猫叫
 
 
 def test_comedy_templates_are_the_reference_ones_byte_for_byte() -> None:
-    if not REFERENCE.exists():
-        pytest.skip("the shared reference is not beside this checkout")
-    blocks = [b.replace("\\n", "\n") for b in re.findall(r"```\n(.*?)\n```", REFERENCE.read_text(), re.S)[:3]]
+    blocks = [b.replace("\\n", "\n") for b in re.findall(r"```\n(.*?)\n```", REFERENCE.read_text(encoding="utf-8"), re.S)]
     assert blocks == [SESSION_MEMORY_TEMPLATE, COMPRESSION_TEMPLATE, REPLY_TEMPLATE]
 
 
