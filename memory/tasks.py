@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from memory.dates import format_date, resolve_relative
+from memory.evidence import Evidence
+from memory.facts import compose, extract, session_facts
 from memory.store import Store
 from models.base import BackendError, Generation, GenParams, Prompt
 from models.profiles.base import CompressionInput, CompressionOutput, Profile, SessionInput
@@ -61,9 +63,14 @@ class _SessionJob:
     private: bool
     started: float
     item: SessionInput
+    backbone: tuple[str, ...]  # facts built from the person's own statements (memory.facts)
+    evidence: Evidence  # the person's own words in this session: what a stored line must be supported by
+    earlier: tuple[str, ...]  # the person's facts from earlier sessions
 
 
-async def _load_session(store: Store, session_id: int, bot_name: str) -> tuple[int, bool, float, SessionInput] | None:
+async def _load_session(
+    store: Store, session_id: int, bot_name: str
+) -> tuple[int, bool, float, SessionInput, tuple[str, ...], Evidence, tuple[str, ...]] | None:
     row = await store.fetchone(
         "SELECT s.user_id, s.private, s.started, u.display_name, u.platform_user_id FROM sessions s "
         "JOIN users u ON u.id = s.user_id WHERE s.id = ?",
@@ -71,17 +78,28 @@ async def _load_session(store: Store, session_id: int, bot_name: str) -> tuple[i
     )
     if row is None:
         return None
-    user_name = str(row[3] or row[4])
-    messages = await store.fetchall("SELECT author, text FROM messages WHERE session_id = ? ORDER BY id", (session_id,))
+    user_pk, user_name = int(row[0]), str(row[3] or row[4])
+    messages = await store.fetchall(
+        "SELECT author, text, created FROM messages WHERE session_id = ? ORDER BY id", (session_id,)
+    )
     turns = tuple((user_name if m[0] == "user" else bot_name, str(m[1])) for m in messages)
     item = SessionInput(user_name=user_name, bot_name=bot_name, date=format_date(float(row[2])), turns=turns)
-    return int(row[0]), bool(row[1]), float(row[2]), item
+    own = [(str(m[1]), float(m[2])) for m in messages if m[0] == "user"]
+    earlier_rows = await store.fetchall(
+        "SELECT facts FROM session_memories WHERE user_id = ? AND session_time < ? ORDER BY session_time, id",
+        (user_pk, float(row[2])),
+    )
+    earlier = [f for r in earlier_rows for f in json.loads(r[0])]
+    backbone = tuple(extract(user_name, [text for text, _ in own], earlier=earlier))
+    evidence = Evidence.from_turns(own, names=(user_name, bot_name))
+    return user_pk, bool(row[1]), float(row[2]), item, backbone, evidence, tuple(earlier)
 
 
-def fallback_facts(item: SessionInput) -> list[str]:
-    """The person's own words, as an extractive memory when the model's output could not be used."""
-    facts = [f"{speaker} said: {text[:300]}" for speaker, text in item.turns if speaker == item.user_name]
-    return facts or [f"{item.user_name} talked with {item.bot_name}."]
+def fallback_facts(item: SessionInput, backbone: Sequence[str] = ()) -> list[str]:
+    """When the model's output could not be used: the backbone facts, else the person's own words quoted."""
+    if backbone:
+        return list(backbone)
+    return [f"{speaker} said: {text[:300]}" for speaker, text in item.turns if speaker == item.user_name]
 
 
 async def _record_output(store: Store, job_id: int, user_pk: int, task: str, raw: str, reason: str, now: float) -> None:
@@ -137,8 +155,7 @@ async def write_session_memories(
             async with store.write() as db:
                 await db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
             continue
-        user_pk, private, started, item = loaded
-        jobs.append(_SessionJob(job_id, int(row[0]), user_pk, int(row[2]), private, started, item))
+        jobs.append(_SessionJob(job_id, int(row[0]), loaded[0], int(row[2]), *loaded[1:]))
 
     by_attempt: dict[int, list[_SessionJob]] = {}
     for job in jobs:
@@ -156,17 +173,19 @@ async def write_session_memories(
         report.model_calls += len(prompts)
         for job, out in zip(group, outputs, strict=True):
             report.generated_tokens += out.new_tokens
-            facts = profile.parse_session_memory(out.text, job.item)
+            lines = profile.parse_session_memory(out.text, job.item)
             source = "model"
-            if facts is None:
+            if lines is None:
                 report.malformed += 1
                 await _record_output(store, job.job_id, job.user_pk, "session_memory", out.text,
                                      "no usable fact lines", clock())
                 if job.attempts + 1 < max_attempts:
                     await _retry_later(store, job.job_id, clock())
                     continue
-                facts, source = fallback_facts(job.item), "fallback"
+                facts, source = fallback_facts(job.item, job.backbone), "fallback"
                 report.fallbacks += 1
+            else:
+                facts = session_facts(job.item.user_name, job.backbone, lines, job.evidence, earlier=job.earlier)
             facts = [resolve_relative(f, job.started) for f in facts]
             now = clock()
             async with store.write() as db:
@@ -204,6 +223,7 @@ class _CompressJob:
     memory_ids: tuple[int, ...]
     sessions: tuple[int, ...]
     item: CompressionInput
+    history: tuple[tuple[str, tuple[str, ...]], ...]  # every session memory in scope, oldest first: (date, facts)
 
 
 async def _load_compression(store: Store, job_id: int, bot_name: str) -> _CompressJob | None:
@@ -235,9 +255,16 @@ async def _load_compression(store: Store, job_id: int, bot_name: str) -> _Compre
         previous_events=str(previous[2]) if previous else "",
         new_memories=tuple((format_date(float(m[2])), tuple(json.loads(m[3]))) for m in memories),
     )
+    # The stored memory is recomposed from all the person's session memories, so a correction in any
+    # session supersedes the fact it corrects wherever it stood.
+    history = await store.fetchall(
+        f"SELECT session_time, facts FROM session_memories WHERE user_id = ?{privacy} ORDER BY session_time, id",
+        (user_pk,),
+    )
     return _CompressJob(
         job_id, user_pk, scope, int(row[2]), tuple(int(m[0]) for m in memories),
         tuple(int(m[1]) for m in memories), item,
+        tuple((format_date(float(h[0])), tuple(json.loads(h[1]))) for h in history),
     )
 
 
@@ -292,21 +319,17 @@ async def compress_memories(
                 if job.attempts + 1 < max_attempts:
                     await _retry_later(store, job.job_id, clock())
                     continue
-                parsed = _fallback_compression(job.item)
+                parsed = CompressionOutput("", "", "")
                 flagged = 1
                 report.fallbacks += 1
-            await _save_version(store, job, parsed.profile, parsed.relationship, parsed.events, generator.name,
+            memory = compose(job.history, name=job.item.user_name, bot_name=job.item.bot_name,
+                             model_profile=parsed.profile, model_relationship=parsed.relationship,
+                             max_events=job.item.max_events)
+            await _save_version(store, job, memory.profile, memory.relationship, memory.events, generator.name,
                                 flagged, clock())
             report.written += 1
             report.items.append(job.user_pk)
     return report
-
-
-def _fallback_compression(item: CompressionInput) -> CompressionOutput:
-    facts = [f for _, fs in item.new_memories for f in fs]
-    profile = item.previous_profile or " ".join(facts[:6]) or f"{item.user_name} has talked with {item.bot_name}."
-    relationship = item.previous_relationship or f"{item.user_name} has chatted with {item.bot_name}."
-    return CompressionOutput(profile=profile, relationship=relationship, events=item.merged_events())
 
 
 async def _save_version(

@@ -1,0 +1,141 @@
+"""Whether a line about a person is supported by that person's own words: memory is evidence, not prose.
+
+A small model writes fluent lines that are not true: names it made up, the bot's own inventions, its own
+pleasantries. A line is stored about someone only when
+- it is not in the bot's voice (no first or second person, no question, no greeting);
+- every specific term in it (a name, place, number, date or other capitalised word) occurs in the
+  person's own words or in a date the system resolved from them;
+- most of its content words (a strict majority, compared by stem) occur there too.
+The person's and the bot's names appear in such lines as subjects, but never count as support: a line is
+not true because it names Alice. The bot's turns are never evidence.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from memory.dates import format_date, resolve_relative
+from memory.porter import stem
+from models.profiles.base import STOPWORDS
+
+_TOKEN = re.compile(r"[^\W_]+(?:['\u2019][^\W_]+)*", re.UNICODE)
+_CLITIC = re.compile(r"['\u2019](?:s|re|ve|ll|d|m|t)$")
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
+_SENTENCE_START = re.compile(r"(?:^|[.!?:;]\s+|\n)\s*[\"'(\[]*$")
+# Words that open a sentence in any fact without naming anything.
+_OPENERS = STOPWORDS | frozenset(
+    """since after before during while although though because yesterday today tomorrow tonight recently
+    currently now later soon once often usually always never sometimes last next every""".split()
+)
+# Words that phrase a fact without being part of what the person said ("Alice's cat is called Luna").
+_GLUE = frozenset("""named called name mentioned mention says said saying shares shared talked talks""".split())
+# The bot's voice: first or second person, pleasantries. Facts about a person are in the third person.
+_BOT_PRONOUNS = frozenset(
+    """i i'm i've i'd i'll me my mine myself we we're we've we'll us our ours ourselves you you're you've
+    you'll you'd your yours yourself yourselves""".split()
+)
+_PLEASANTRIES = frozenset(
+    """hi hello hey thanks thank welcome glad sorry dear congratulations congrats wow oh awesome absolutely
+    great lovely wonderful amazing""".split()
+)
+_CJK_PRONOUNS = re.compile(r"[我你您咱]")
+
+
+def _norm(token: str) -> str:
+    return _CLITIC.sub("", token.lower().replace("\u2019", "'"))
+
+
+def tokens(text: str) -> list[str]:
+    """Word tokens; a run of CJK characters becomes its character pairs (those scripts have no spaces)."""
+    out: list[str] = []
+    for token in _TOKEN.findall(text):
+        if _CJK.search(token):
+            chars = [c for c in token if _CJK.match(c)]
+            out += ["".join(chars[i : i + 2]) for i in range(max(len(chars) - 1, 1))]
+        else:
+            out.append(token)
+    return out
+
+
+def _stem(word: str) -> str:
+    return stem(word) if word.isascii() else word
+
+
+def is_bot_voice(line: str) -> bool:
+    """A line in the bot's voice: speaks as "I" or to "you", asks, or greets. Never a fact about someone."""
+    text = line.strip()
+    if not text or "?" in text or _CJK_PRONOUNS.search(text):
+        return True
+    words = [w.lower().replace("\u2019", "'") for w in _TOKEN.findall(text)]
+    if any(w in _BOT_PRONOUNS for w in words):
+        return True
+    return bool(words) and words[0] in _PLEASANTRIES
+
+
+@dataclass(frozen=True)
+class Verdict:
+    supported: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What one person said (their own turns, with the dates the system resolved from them)."""
+
+    words: frozenset[str]
+    stems: frozenset[str]
+    names: frozenset[str]
+
+    @classmethod
+    def from_turns(cls, turns: Iterable[tuple[str, float]], *, names: Iterable[str] = ()) -> Evidence:
+        """`turns`: (text, when said). Each turn's relative dates are resolved from its own time, and the
+        day it was said counts as said ("dated as today")."""
+        texts: list[str] = []
+        for text, when in turns:
+            texts.append(resolve_relative(text, when))
+            texts.append(format_date(when))
+        return cls.from_texts(texts, names=names)
+
+    @classmethod
+    def from_texts(cls, texts: Iterable[str], *, names: Iterable[str] = ()) -> Evidence:
+        words = {_norm(t) for text in texts for t in tokens(text)}
+        name_words = {_norm(t) for name in names for t in tokens(name)}
+        return cls(frozenset(words), frozenset(_stem(w) for w in words), frozenset(name_words))
+
+    def adding(self, texts: Iterable[str]) -> Evidence:
+        """This evidence and more texts (e.g. the person's earlier facts)."""
+        more = Evidence.from_texts(texts)
+        return Evidence(self.words | more.words, self.stems | more.stems, self.names)
+
+    def has(self, word: str) -> bool:
+        return word in self.words or _stem(word) in self.stems
+
+    def check(self, line: str) -> Verdict:
+        """Whether `line` may be stored as a fact about the person, and if not, why."""
+        if is_bot_voice(line):
+            return Verdict(False, "in the bot's voice")
+        content: list[str] = []
+        for match in _TOKEN.finditer(line):
+            raw = match.group(0)
+            word = _norm(raw)
+            if word in self.names:
+                continue
+            pieces = tokens(raw)
+            at_start = bool(_SENTENCE_START.search(line[: match.start()]))
+            specific = any(ch.isdigit() for ch in raw) or (
+                raw[:1].isupper() and not (at_start and word in _OPENERS) and word not in STOPWORDS
+            )
+            if specific and not all(self.has(_norm(p)) for p in pieces):
+                return Verdict(False, f"{raw!r} is not in the person's words")
+            content += [_norm(p) for p in pieces if _norm(p) not in STOPWORDS and _norm(p) not in _GLUE]
+        if not content:
+            return Verdict(False, "says nothing about the person")
+        supported = sum(1 for w in content if self.has(w))
+        if supported * 2 <= len(content):
+            return Verdict(False, f"only {supported} of {len(content)} content words are the person's")
+        return Verdict(True)
+
+    def supported(self, lines: Iterable[str]) -> list[str]:
+        return [line for line in lines if self.check(line).supported]
