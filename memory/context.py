@@ -10,6 +10,7 @@ Strategies (all under the same budget, counted with the reply model's tokenizer)
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from memory.store import Store
 from models.profiles.base import ReplyInput, content_words
 
 CountTokens = Callable[[str], int]
+_SENTENCES = re.compile(r"(?<=[.!?])\s+")
 STRATEGIES = ("none", "recent", "sessions", "compressive", "hybrid")
 
 
@@ -31,29 +33,39 @@ class CompressiveMemory:
     scope: str
 
     def render(self, max_tokens: int, count: CountTokens, query: str = "") -> str:
-        """Profile and relationship first; then as many events as fit, those sharing words with the
-        message first and then the newest, printed in date order."""
-        head = f"Profile: {self.profile}\nRelationship: {self.relationship}"
-        if count(head) > max_tokens:
-            return _cut_to(head, max_tokens, count)
-        events = [e for e in self.events.splitlines() if e.strip()]
-        if not events:
-            return head
+        """As many of the memory's lines as fit: profile sentences and dated events that share words with
+        the message first, then the newest; printed in their own order. Empty parts are left out, and a
+        profile longer than the budget gives way to what the message asks about."""
+        parts = {
+            "p": [s for s in _SENTENCES.split(self.profile.strip()) if s.strip()],
+            "r": [s for s in _SENTENCES.split(self.relationship.strip()) if s.strip()],
+            "e": [e for e in self.events.splitlines() if e.strip()],
+        }
         wanted = content_words(query)
+        rank = {"p": 0, "r": 1, "e": 2}
+        candidates = [(kind, i, text) for kind, lines in parts.items() for i, text in enumerate(lines)]
+        # Relevance first; then the profile in its own order, the relationship, the events newest first.
         order = sorted(
-            range(len(events)), key=lambda i: (-len(content_words(events[i]) & wanted), -i)
+            candidates,
+            key=lambda c: (-len(content_words(c[2]) & wanted), rank[c[0]], -c[1] if c[0] == "e" else c[1]),
         )
-        used = count(head) + count("Events:")
-        chosen: set[int] = set()
-        for i in order:
-            cost = count(events[i]) + 1
+        used = count("Profile:\nRelationship:\nEvents:") + 3
+        chosen: set[tuple[str, int]] = set()
+        for kind, i, text in order:
+            cost = count(text) + 1
             if used + cost > max_tokens:
                 continue
-            chosen.add(i)
+            chosen.add((kind, i))
             used += cost
-        if not chosen:
-            return head
-        return head + "\nEvents:\n" + "\n".join(events[i] for i in sorted(chosen))
+        kept = {kind: [t for i, t in enumerate(lines) if (kind, i) in chosen] for kind, lines in parts.items()}
+        lines = []
+        if kept["p"]:
+            lines.append("Profile: " + " ".join(kept["p"]))
+        if kept["r"]:
+            lines.append("Relationship: " + " ".join(kept["r"]))
+        if kept["e"]:
+            lines.append("Events:\n" + "\n".join(kept["e"]))
+        return "\n".join(lines)
 
 
 async def latest_compressive(store: Store, user_pk: int, scope: str) -> CompressiveMemory | None:

@@ -87,27 +87,29 @@ class Evidence:
     words: frozenset[str]
     stems: frozenset[str]
     names: frozenset[str]
+    bot: str = ""  # the bot's name (lower case): a line about the bot is no fact about the person
 
     @classmethod
-    def from_turns(cls, turns: Iterable[tuple[str, float]], *, names: Iterable[str] = ()) -> Evidence:
+    def from_turns(cls, turns: Iterable[tuple[str, float]], *, names: Iterable[str] = (), bot: str = "") -> Evidence:
         """`turns`: (text, when said). Each turn's relative dates are resolved from its own time, and the
         day it was said counts as said ("dated as today")."""
         texts: list[str] = []
         for text, when in turns:
             texts.append(resolve_relative(text, when))
             texts.append(format_date(when))
-        return cls.from_texts(texts, names=names)
+        return cls.from_texts(texts, names=names, bot=bot)
 
     @classmethod
-    def from_texts(cls, texts: Iterable[str], *, names: Iterable[str] = ()) -> Evidence:
+    def from_texts(cls, texts: Iterable[str], *, names: Iterable[str] = (), bot: str = "") -> Evidence:
+        """`names`: the person's and the bot's names, which never count as support; `bot`: the bot's name."""
         words = {_norm(t) for text in texts for t in tokens(text)}
-        name_words = {_norm(t) for name in names for t in tokens(name)}
-        return cls(frozenset(words), frozenset(_stem(w) for w in words), frozenset(name_words))
+        name_words = {_norm(t) for name in (*names, bot) for t in tokens(name)}
+        return cls(frozenset(words), frozenset(_stem(w) for w in words), frozenset(name_words), bot.lower())
 
     def adding(self, texts: Iterable[str]) -> Evidence:
         """This evidence and more texts (e.g. the person's earlier facts)."""
         more = Evidence.from_texts(texts)
-        return Evidence(self.words | more.words, self.stems | more.stems, self.names)
+        return Evidence(self.words | more.words, self.stems | more.stems, self.names, self.bot)
 
     def has(self, word: str) -> bool:
         return word in self.words or _stem(word) in self.stems
@@ -116,6 +118,8 @@ class Evidence:
         """Whether `line` may be stored as a fact about the person, and if not, why."""
         if is_bot_voice(line):
             return Verdict(False, "in the bot's voice")
+        if self.bot and _norm(next(iter(_TOKEN.findall(line)), "")) == self.bot.split()[0]:
+            return Verdict(False, "about the bot, not the person")
         content: list[str] = []
         for match in _TOKEN.finditer(line):
             raw = match.group(0)

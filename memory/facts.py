@@ -271,8 +271,8 @@ def slots_of(fact: str, name: str) -> dict[str, str]:
             out["job"] = job.group(0)
         if place:
             out["workplace"] = place.group(1)
-    m = re.search(rf"^{n} is an? (?:\w+ )?(\w+)(?: (?:in|at) |$)", low)
-    if m and m.group(1).lower() in _JOBS:
+    m = re.search(rf"^{n} is (?:now )?an? ((?:\w+ ){{0,2}})", low + " ")
+    if m and any(w.lower() in _JOBS for w in m.group(1).split()):
         out["job"] = low
     m = re.search(rf"^{n}'s job is ", low)
     if m:
@@ -393,11 +393,12 @@ def compose(
     relationship sentence kept only when the current facts support it. An empty part stays empty."""
     facts = current(dated, name)
     profile, events = split_profile_events(facts, name)
-    evidence = Evidence.from_texts([f for _, fs in facts for f in fs], names=(name, bot_name))
+    evidence = Evidence.from_texts([f for _, fs in facts for f in fs], names=(name,), bot=bot_name)
     extra: list[str] = []
     for sentence in _SPLIT_SENTENCES.split(model_profile.strip()):
         if sentence and evidence.check(sentence).supported and not covered(sentence, profile + extra, name):
             extra.append(sentence)
+    # A relationship sentence is about the two of them: it names the bot, and the facts support the rest.
     relationship = [s for s in _SPLIT_SENTENCES.split(model_relationship.strip())
-                    if s and evidence.check(s).supported]
+                    if s and bot_name.lower() in s.lower() and evidence.check(s).supported]
     return Composed(" ".join(profile + extra), " ".join(relationship), "\n".join(events[-max_events:]))

@@ -91,7 +91,7 @@ async def _load_session(
     )
     earlier = [f for r in earlier_rows for f in json.loads(r[0])]
     backbone = tuple(extract(user_name, [text for text, _ in own], earlier=earlier))
-    evidence = Evidence.from_turns(own, names=(user_name, bot_name))
+    evidence = Evidence.from_turns(own, names=(user_name,), bot=bot_name)
     return user_pk, bool(row[1]), float(row[2]), item, backbone, evidence, tuple(earlier)
 
 

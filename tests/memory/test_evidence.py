@@ -88,3 +88,9 @@ def test_cjk_text_is_compared_by_character_pairs() -> None:
     evidence = Evidence.from_texts(["我喜欢猫。我住在里昂。"], names=("Ann",))
     assert evidence.check("Ann喜欢猫").supported
     assert not evidence.check("Ann住在巴黎").supported
+
+
+def test_a_line_about_the_bot_is_no_fact_about_the_person() -> None:
+    evidence = Evidence.from_texts(["the weather was grey and rainy"], names=("Alice",), bot="Membot")
+    assert evidence.check("Alice said the weather was grey and rainy.").supported
+    assert evidence.check("Membot said the weather was grey and rainy.").reason == "about the bot, not the person"
