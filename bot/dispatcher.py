@@ -234,9 +234,12 @@ class Dispatcher:
             return "I don't have a memory of you yet: I write one after a conversation ends." + (
                 f" ({pending} conversation(s) still to remember.)" if pending else ""
             )
+        # Only what you said is kept: a part nothing supports stays empty rather than being made up.
+        empty = "(nothing yet)"
         text = (
             f"What I remember about you (version {memory.version}):\n\n"
-            f"Profile: {memory.profile}\n\nRelationship: {memory.relationship}\n\nEvents:\n{memory.events}"
+            f"Profile: {memory.profile or empty}\n\nRelationship: {memory.relationship or empty}\n\n"
+            f"Events:\n{memory.events or empty}"
         )
         if pending:
             text += f"\n\n({pending} newer conversation(s) not yet in this memory.)"

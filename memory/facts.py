@@ -111,7 +111,11 @@ def _third_person_verb(verb: str) -> str:
 
 
 def _name_object(text: str, name: str) -> str:
-    """Remaining first-person words, said of the person by name."""
+    """Remaining first-person words, said of the person: "their" after the person as subject ("Alice ran
+    their first 10k"), else by name ("Alice's sister is visiting Alice")."""
+    if text.startswith(name + " "):
+        text = re.sub(r"\bmy\b", "their", text, flags=re.IGNORECASE)
+        text = re.sub(r"\bmyself\b", "themselves", text, flags=re.IGNORECASE)
     text = re.sub(r"\bmy\b", f"{name}'s", text, flags=re.IGNORECASE)
     text = re.sub(r"\b(?:mine)\b", f"{name}'s", text, flags=re.IGNORECASE)
     return re.sub(r"\b(?:me|myself)\b", name, text, flags=re.IGNORECASE)
@@ -166,7 +170,7 @@ def _statement(clause: str, name: str) -> str | None:
         return f"{name} will {m.group(1)}"
     m = re.match(r"^my\s+(.+?)\s+and\s+i\s+(.+)$", clause, re.IGNORECASE)
     if m:
-        return f"{name} and {name}'s {m.group(1)} {m.group(2)}"
+        return f"{name} and their {m.group(1)} {m.group(2)}"
     m = re.match(r"^i\s+(.+)$", clause, re.IGNORECASE)
     if m:
         return _subject_i(m.group(1), name)

@@ -19,7 +19,7 @@ from memory.facts import compose, current, extract, is_event, session_facts
     ("I teach chemistry.", "Alice teaches chemistry."),
     ("I study law in Rome.", "Alice studies law in Rome."),
     ("I just got a parrot, her name is Kiwi.", "Alice's parrot is called Kiwi."),
-    ("My husband Luis and I have twins.", "Alice and Alice's husband Luis have twins."),
+    ("My husband Luis and I have twins.", "Alice and their husband Luis have twins."),
     ("Actually I moved to Paris last month.", "Alice moved to Paris last month."),
     ("Day 3: I visited the museum.", "Alice visited the museum."),
     ("My sister Ana is visiting me next week.", "Alice's sister Ana is visiting Alice next week."),

@@ -72,7 +72,7 @@ async def test_a_bot_line_never_becomes_an_event(settings: Settings, clock: Manu
     _, memory = _stored(export)
     events = memory["events"].splitlines()
     assert len(events) == 2 and all("glad" not in e and "I'm" not in e for e in events)
-    assert "Tom ran Tom's first 10k race yesterday (" in events[0]
+    assert "Tom ran their first 10k race yesterday (" in events[0]
     assert "Tom adopted a kitten today (" in events[1]
 
 
