@@ -41,6 +41,10 @@ _PLEASANTRIES = frozenset(
     great lovely wonderful amazing""".split()
 )
 _CJK_PRONOUNS = re.compile(r"[我你您咱]")
+_MONTHS = "January|February|March|April|May|June|July|August|September|October|November|December"
+# Dates as memory.dates writes them: "7 May 2023", "May 2023"; a resolved year stands alone in brackets.
+_DATE = re.compile(rf"\b(?:\d{{1,2}} )?(?:{_MONTHS}) \d{{4}}\b")
+_YEAR_NOTE = re.compile(r"(?<=\()\d{4}(?=\))")
 
 
 def _norm(token: str) -> str:
@@ -80,65 +84,102 @@ class Verdict:
     reason: str = ""
 
 
+def _unit(text: str) -> frozenset[str]:
+    """One turn's (or fact's) words, with their stems, for "said together" checks."""
+    words = {_norm(t) for t in tokens(text)}
+    return frozenset(words | {_stem(w) for w in words})
+
+
 @dataclass(frozen=True)
 class Evidence:
-    """What one person said (their own turns, with the dates the system resolved from them)."""
+    """What one person said: each of their turns (or, for the compressive memory, each of their facts) as a
+    unit of words, and the dates the system resolved from what they said."""
 
-    words: frozenset[str]
-    stems: frozenset[str]
+    units: tuple[frozenset[str], ...]
     names: frozenset[str]
+    dates: frozenset[str] = frozenset()
     bot: str = ""  # the bot's name (lower case): a line about the bot is no fact about the person
 
     @classmethod
     def from_turns(cls, turns: Iterable[tuple[str, float]], *, names: Iterable[str] = (), bot: str = "") -> Evidence:
-        """`turns`: (text, when said). Each turn's relative dates are resolved from its own time, and the
-        day it was said counts as said ("dated as today")."""
+        """`turns`: (text, when said). The dates that a turn's relative phrases meant, resolved from its own
+        time, count as said, and so does the day it was said ("dated as today"); a day or year number
+        alone does not."""
         texts: list[str] = []
+        dates: set[str] = set()
         for text, when in turns:
-            texts.append(resolve_relative(text, when))
-            texts.append(format_date(when))
-        return cls.from_texts(texts, names=names, bot=bot)
+            texts.append(text)
+            dates.add(format_date(when))
+            dates.update(_DATE.findall(resolve_relative(text, when)))
+            dates.update(_YEAR_NOTE.findall(resolve_relative(text, when)))
+        base = cls.from_texts(texts, names=names, bot=bot)
+        return Evidence(base.units, base.names, frozenset(dates), base.bot)
 
     @classmethod
     def from_texts(cls, texts: Iterable[str], *, names: Iterable[str] = (), bot: str = "") -> Evidence:
         """`names`: the person's and the bot's names, which never count as support; `bot`: the bot's name."""
-        words = {_norm(t) for text in texts for t in tokens(text)}
         name_words = {_norm(t) for name in (*names, bot) for t in tokens(name)}
-        return cls(frozenset(words), frozenset(_stem(w) for w in words), frozenset(name_words), bot.lower())
+        return cls(tuple(_unit(t) for t in texts), frozenset(name_words), frozenset(), bot.lower())
 
     def adding(self, texts: Iterable[str]) -> Evidence:
         """This evidence and more texts (e.g. the person's earlier facts)."""
-        more = Evidence.from_texts(texts)
-        return Evidence(self.words | more.words, self.stems | more.stems, self.names, self.bot)
+        return Evidence(self.units + tuple(_unit(t) for t in texts), self.names, self.dates, self.bot)
 
-    def has(self, word: str) -> bool:
-        return word in self.words or _stem(word) in self.stems
+    @property
+    def _all(self) -> frozenset[str]:
+        return frozenset().union(*self.units) if self.units else frozenset()
 
-    def check(self, line: str) -> Verdict:
-        """Whether `line` may be stored as a fact about the person, and if not, why."""
+    @staticmethod
+    def _in(word: str, unit: frozenset[str]) -> bool:
+        return word in unit or _stem(word) in unit
+
+    def _together(self, unit: frozenset[str], specific: list[str], content: list[str], whole: bool) -> bool:
+        if not all(self._in(w, unit) for w in specific):
+            return False
+        inside = sum(1 for w in content if self._in(w, unit))
+        return inside == len(content) if whole else inside * 2 > len(content)
+
+    def check(self, line: str, *, together: bool = True, whole: bool = False) -> Verdict:
+        """Whether `line` may be stored as a fact about the person, and if not, why.
+
+        `together`: one unit (a turn) must hold all the line's specific terms and most of its content words,
+        so that a job from one message and a city from another cannot make a new claim; `whole`: that unit
+        holds every content word (the compressive memory's model-written sentences may only restate one
+        fact). Lines the system built itself from one statement (memory.facts) are checked without it.
+        """
         if is_bot_voice(line):
             return Verdict(False, "in the bot's voice")
         if self.bot and _norm(next(iter(_TOKEN.findall(line)), "")) == self.bot.split()[0]:
             return Verdict(False, "about the bot, not the person")
+        everything = self._all
+        for date in _DATE.findall(line) + _YEAR_NOTE.findall(line):
+            if date not in self.dates and not any(all(self._in(_norm(t), u) for t in tokens(date)) for u in self.units):
+                return Verdict(False, f"{date!r} is not a date the person gave")
+        rest = _YEAR_NOTE.sub(" ", _DATE.sub(" ", line))
         content: list[str] = []
-        for match in _TOKEN.finditer(line):
+        specific: list[str] = []
+        for match in _TOKEN.finditer(rest):
             raw = match.group(0)
             word = _norm(raw)
             if word in self.names:
                 continue
-            pieces = tokens(raw)
-            at_start = bool(_SENTENCE_START.search(line[: match.start()]))
-            specific = any(ch.isdigit() for ch in raw) or (
+            pieces = [_norm(p) for p in tokens(raw)]
+            at_start = bool(_SENTENCE_START.search(rest[: match.start()]))
+            if any(ch.isdigit() for ch in raw) or (
                 raw[:1].isupper() and not (at_start and word in _OPENERS) and word not in STOPWORDS
-            )
-            if specific and not all(self.has(_norm(p)) for p in pieces):
-                return Verdict(False, f"{raw!r} is not in the person's words")
-            content += [_norm(p) for p in pieces if _norm(p) not in STOPWORDS and _norm(p) not in _GLUE]
+            ):
+                missing = [p for p in pieces if not self._in(p, everything)]
+                if missing:
+                    return Verdict(False, f"{raw!r} is not in the person's words")
+                specific += pieces
+            content += [p for p in pieces if p not in STOPWORDS and p not in _GLUE]
         if not content:
             return Verdict(False, "says nothing about the person")
-        supported = sum(1 for w in content if self.has(w))
+        supported = sum(1 for w in content if self._in(w, everything))
         if supported * 2 <= len(content):
             return Verdict(False, f"only {supported} of {len(content)} content words are the person's")
+        if together and not any(self._together(u, specific, content, whole) for u in self.units):
+            return Verdict(False, "its words were never said together")
         return Verdict(True)
 
     def supported(self, lines: Iterable[str]) -> list[str]:

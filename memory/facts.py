@@ -367,7 +367,7 @@ def session_facts(
     something the backbone does not say. Backbone facts may name what the person's `earlier` facts
     introduced ("her name is Lola": the parrot); the model's lines are checked against this session alone."""
     backbone_evidence = evidence.adding(earlier) if earlier else evidence
-    kept = [f for f in backbone if backbone_evidence.check(f).supported]
+    kept = [f for f in backbone if backbone_evidence.check(f, together=False).supported]
     for line in model_lines:
         if len(kept) >= max_lines:
             break
@@ -400,9 +400,9 @@ def compose(
     evidence = Evidence.from_texts([f for _, fs in facts for f in fs], names=(name,), bot=bot_name)
     extra: list[str] = []
     for sentence in _SPLIT_SENTENCES.split(model_profile.strip()):
-        if sentence and evidence.check(sentence).supported and not covered(sentence, profile + extra, name):
+        if sentence and evidence.check(sentence, whole=True).supported and not covered(sentence, profile + extra, name):
             extra.append(sentence)
     # A relationship sentence is about the two of them: it names the bot, and the facts support the rest.
     relationship = [s for s in _SPLIT_SENTENCES.split(model_relationship.strip())
-                    if s and bot_name.lower() in s.lower() and evidence.check(s).supported]
+                    if s and bot_name.lower() in s.lower() and evidence.check(s, whole=True).supported]
     return Composed(" ".join(profile + extra), " ".join(relationship), "\n".join(events[-max_events:]))
