@@ -41,7 +41,7 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--config", help="membot config file (default: the defaults: embedded model, hybrid)")
     parser.add_argument("--code", help="run the pipeline of this checkout instead of this one (for baselines)")
     parser.add_argument("--people", type=int, default=0, help="only the first N people (0: all)")
-    parser.add_argument("--baseline-strategy", default="none", help="memory strategy asked as the baseline")
+    parser.add_argument("--baseline-strategy", default="none", help="memory strategy asked as the baseline ('' for none)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--db", help="keep the database here (default: a temporary folder)")
     parser.add_argument("--reuse", action="store_true",
@@ -85,6 +85,8 @@ def specific_terms(line: str) -> list[str]:
 
 
 def unsupported_terms(line: str, own_words: set[str], names: set[str], years: set[int]) -> list[str]:
+    # A year the system resolved from "three years ago" stands in brackets after the phrase: "(2023)".
+    line = re.sub(r"\((\d{4})\)", lambda m: "" if int(m.group(1)) in years else m.group(0), line)
     bad = [t for t in specific_terms(line) if t not in own_words and t not in names]
     # A date the system resolved from the person's words is theirs when its year is near the conversation.
     for match in _DATE.finditer(line):
@@ -178,7 +180,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
         answers: dict[str, dict[str, list[str]]] = {p["id"]: {} for p in people}
         run_id = int(time.time())
-        strategies = [settings.memory.strategy, args.baseline_strategy]
+        strategies = [settings.memory.strategy] + (
+            [args.baseline_strategy] if args.baseline_strategy not in ("", settings.memory.strategy) else [])
         for strategy in strategies:
             app.dispatcher.context.strategy = strategy
             t0 = time.perf_counter()

@@ -103,11 +103,6 @@ class ChatProfile:
         return CompressionOutput(profile=profile, relationship=relationship, events=item.merged_events())
 
     def reply_prompt(self, item: ReplyInput) -> Prompt:
-        import os
-
-        layout = os.environ.get("MEMBOT_REPLY_LAYOUT", "system")
-        if layout != "system":
-            return self._reply_near(item, layout)
         system = item.persona
         if item.memory:
             system += f"\n\nWhat you remember about {item.user_name}:\n{item.memory}"
@@ -121,29 +116,6 @@ class ChatProfile:
         messages: list[tuple[str, str]] = [("system", system)]
         for author, text in item.turns:
             messages.append(("user" if author == "user" else "assistant", text))
-        return Prompt(messages=tuple(messages), task=Task.REPLY)
-
-    def _reply_near(self, item: ReplyInput, layout: str) -> Prompt:
-        notes: list[str] = []
-        if item.memory:
-            notes.append(item.memory)
-        if item.evidence:
-            notes.append("Earlier messages:\n" + "\n".join(item.evidence))
-        for session in item.past_sessions:
-            names = {"user": item.user_name, "bot": item.bot_name}
-            notes.append("Earlier conversation:\n" + "\n".join(f"{names.get(a, a)}: {t}" for a, t in session))
-        system = item.persona
-        if layout == "near-rule":
-            system += (f" Only say things about {item.user_name} that are in your notes; if the notes do not say, "
-                       "say you don't know.")
-        messages: list[tuple[str, str]] = [("system", system)]
-        for author, text in item.turns[:-1]:
-            messages.append(("user" if author == "user" else "assistant", text))
-        last = item.turns[-1][1] if item.turns else ""
-        if notes:
-            last = (f"(Your notes about {item.user_name}:\n" + "\n\n".join(notes) + ")\n\n"
-                    f"{item.user_name}: {last}")
-        messages.append(("user", last))
         return Prompt(messages=tuple(messages), task=Task.REPLY)
 
     def reply_params(self, max_new_tokens: int, temperature: float, top_p: float, repetition_penalty: float) -> GenParams:
