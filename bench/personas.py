@@ -41,6 +41,7 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--config", help="membot config file (default: the defaults: embedded model, hybrid)")
     parser.add_argument("--code", help="run the pipeline of this checkout instead of this one (for baselines)")
     parser.add_argument("--people", type=int, default=0, help="only the first N people (0: all)")
+    parser.add_argument("--quick", action="store_true", help="the first two people only (a smoke run)")
     parser.add_argument("--baseline-strategy", default="none", help="memory strategy asked as the baseline ('' for none)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--db", help="keep the database here (default: a temporary folder)")
@@ -136,8 +137,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from bot.incoming import IncomingMessage
 
     people = json.loads(PERSONAS.read_text())["people"]
-    if args.people:
-        people = people[: args.people]
+    if args.people or args.quick:
+        people = people[: args.people or 2]
     folder = Path(args.db) if args.db else Path(tempfile.mkdtemp(prefix="membot-personas-"))
     folder.mkdir(parents=True, exist_ok=True)
     overrides: dict[str, Any] = {"storage.path": str(folder / "personas.sqlite3"), "logging.level": "WARNING"}
@@ -211,6 +212,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "code": args.code or str(HERE.parent),
         "model": app.worker.name,
         "strategy": settings.memory.strategy,
+        "quick": args.quick,
         "timings": timings,
         "raw": raw,
     })

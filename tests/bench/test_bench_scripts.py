@@ -88,3 +88,34 @@ def test_startup_quick(embedded_cache: Path) -> None:
     assert result["cold"]["was_warm"] is False and result["warm"]["was_warm"] is True
     assert result["cold"]["reply_kind"] == result["warm"]["reply_kind"] == "reply"
     assert result["warm"]["peak_rss_mib"] > 0 and result["cold_over_warm"] > 0
+
+
+def test_personas_quick_on_the_fake_model(tmp_path: Path) -> None:
+    """The memory-truth benchmark's replay and metric, on the fake model (the figures need the real one)."""
+    config = tmp_path / "fake.toml"
+    config.write_text('[model]\nbackend = "fake"\n')
+    result = run_quick("personas.py", "--config", str(config), "--db", str(tmp_path / "db"))
+    assert result["benchmark"] == "personas" and result["overall"]["people"] == 2
+    overall = result["overall"]
+    assert overall["precision"] == 1.0  # the fake model echoes; nothing it stores is invented
+    assert overall["fact_recall"] >= 0.8  # the extractive backbone needs no model
+    assert set(overall["answer_rate"]) == {"hybrid", "none"}
+    alice = result["people"]["alice"]
+    assert "Whiskers" in alice["compressive_memory"]["profile"]
+
+
+def test_personas_metric_flags_invented_terms() -> None:
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        import personas
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    own = {personas._norm(t) for t in personas._TOKEN.findall("My cat is called Whiskers and I ran a 10k.")}
+    years = set(range(2016, 2028))
+    ok = personas.unsupported_terms
+    assert ok("Alice's cat is called Whiskers.", own, {"alice"}, years) == []
+    assert ok("Alice ran a 10k yesterday (3 May 2026).", own, {"alice"}, years) == []
+    assert ok("They're also very happy.", own, {"alice"}, years) == []
+    assert ok("Alice has a Labrador named Max.", own, {"alice"}, years) == ["labrador", "max"]
+    assert ok("Alice is 12 years old.", own, {"alice"}, years) == ["12"]
+    assert ok("Alice ran on 3 May 1999.", own, {"alice"}, years) == ["3 May 1999"]
