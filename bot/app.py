@@ -92,6 +92,7 @@ class App:
                 max_new_tokens=settings.model.max_new_tokens, temperature=settings.model.temperature,
                 top_p=settings.model.top_p, repetition_penalty=settings.model.repetition_penalty,
                 private_in_groups=settings.memory.private_in_groups,
+                jobs_interval=settings.jobs.interval, jobs_cron=settings.jobs.cron,
             ),
         )
         return cls(settings, store, worker, memory_worker, sessions, jobs, dispatcher)

@@ -58,6 +58,10 @@ class ReplySettings:
     top_p: float
     repetition_penalty: float
     private_in_groups: bool
+    # When the memory jobs run (jobs.interval, or jobs.cron when set), so /memory can say when a finished
+    # conversation will be written.
+    jobs_interval: float = 300.0
+    jobs_cron: str | None = None
 
 
 class Dispatcher:
@@ -225,14 +229,23 @@ class Dispatcher:
         if user_pk is None:
             return "I don't remember anything about you yet."
         memory = await latest_compressive(self.store, user_pk, "all")
-        pending = await self.store.scalar(
-            "SELECT COUNT(*) FROM sessions s WHERE s.user_id = ? AND NOT EXISTS "
+        # A finished conversation waits for the next memory job; the one going on waits for its end first.
+        waiting = int(await self.store.scalar(
+            "SELECT COUNT(*) FROM sessions s WHERE s.user_id = ? AND s.state = 'closed' AND NOT EXISTS "
             "(SELECT 1 FROM session_memories m WHERE m.session_id = s.id)",
             (user_pk,),
-        )
+        ) or 0)
+        ongoing = int(await self.store.scalar(
+            "SELECT COUNT(*) FROM sessions WHERE user_id = ? AND state = 'open'", (user_pk,)
+        ) or 0)
         if memory is None:
-            return "I don't have a memory of you yet: I write one after a conversation ends." + (
-                f" ({pending} conversation(s) still to remember.)" if pending else ""
+            text = "I don't have a memory of you yet"
+            if waiting:
+                return f"{text}. {_conversations(waiting)} waiting to be remembered: {self._when_written(platform)}."
+            end = "/session end" if platform == "discord" else "/end"  # Discord's commands are slash commands
+            return text + ": I write one after a conversation ends" + (
+                f" (ours ends after {_duration(self.sessions.timeout)} of quiet, or now with {end})."
+                if ongoing else "."
             )
         # Only what you said is kept: a part nothing supports stays empty rather than being made up.
         empty = "(nothing yet)"
@@ -241,9 +254,23 @@ class Dispatcher:
             f"Profile: {memory.profile or empty}\n\nRelationship: {memory.relationship or empty}\n\n"
             f"Events:\n{memory.events or empty}"
         )
-        if pending:
-            text += f"\n\n({pending} newer conversation(s) not yet in this memory.)"
+        if waiting:
+            text += (f"\n\n({_conversations(waiting, 'newer ')} not in this memory yet: "
+                     f"{self._when_written(platform)}.)")
+        elif ongoing:
+            text += "\n\n(Our current conversation goes into this memory after it ends.)"
         return text
+
+    def _when_written(self, platform: str) -> str:
+        """When waiting conversations get written; only the terminal's user can run the jobs themselves."""
+        s = self.settings
+        if platform == "console":
+            schedule = (f"memory jobs run on the schedule jobs.cron = {s.jobs_cron!r}" if s.jobs_cron
+                        else f"memory jobs run {_every(s.jobs_interval)} (jobs.interval)")
+            return f"{schedule}, or run `membot jobs run` to write it now"
+        if s.jobs_cron:
+            return "that happens at my next scheduled memory run"
+        return f"I write my memories {_every(s.jobs_interval)}"
 
     async def export(self, platform: str, user_id: str) -> dict[str, object]:
         user_pk = await self.sessions.find_user(platform, user_id)
@@ -289,6 +316,27 @@ class Dispatcher:
     async def compress_now(self) -> str:
         report = await self.jobs.run_due()
         return "Memory jobs ran: " + report.summary() + "."
+
+
+def _conversations(n: int, adjective: str = "") -> str:
+    """'1 conversation is' / '2 newer conversations are': the /memory text reads as a sentence."""
+    return f"1 {adjective}conversation is" if n == 1 else f"{n} {adjective}conversations are"
+
+
+def _duration(seconds: float) -> str:
+    """300 -> '5 minutes', 3600 -> '1 hour', 90 -> '90 seconds': how long, in the largest whole unit."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            n = int(seconds // size)
+            return f"{n} {unit}" + ("" if n == 1 else "s")
+    n = round(seconds)
+    return f"{n} second" + ("" if n == 1 else "s")
+
+
+def _every(seconds: float) -> str:
+    """'every 5 minutes', 'every hour'."""
+    text = _duration(seconds)
+    return "every " + (text[2:] if text.startswith("1 ") else text)
 
 
 class _PartialPump:
