@@ -10,61 +10,112 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn, TextIO
 
 from bot.config import ConfigError, Settings, load_settings
 
 log = logging.getLogger("membot")
 
 
+PLATFORMS = ("console", "telegram", "discord")
+_CONFIG_HELP = "TOML config file (default: $MEMBOT_CONFIG, else built-in defaults)"
+
+
+def version() -> str:
+    """The installed package's version; from pyproject.toml when run from a checkout that is not installed."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed_version
+
+    try:
+        return installed_version("membot")
+    except PackageNotFoundError:
+        import tomllib
+
+        try:
+            project = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text("utf-8"))
+            return str(project["project"]["version"])
+        except (OSError, KeyError, tomllib.TOMLDecodeError):
+            return "unknown"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit 2), as the README promises, not the usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _readable_file(value: str) -> str:
+    """`--data`: refuse a missing or unreadable file while parsing, before the model loads (which takes seconds)."""
+    try:
+        with open(value, "rb"):
+            pass
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot read {value}: {exc.strerror or exc}") from None
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="membot", description="A chatbot that remembers each person.")
-    parser.add_argument("--config", help="TOML config file (default: $MEMBOT_CONFIG, else built-in defaults)")
+    # --config is accepted before the command and after it (`membot chat --config c.toml`). After it, it is
+    # stored as `config_sub` with no default, so a nested command's parser cannot reset a value given earlier.
+    common = _Parser(add_help=False)
+    common.add_argument("--config", dest="config_sub", default=argparse.SUPPRESS, metavar="FILE", help=_CONFIG_HELP)
+    parser = _Parser(prog="membot", description="A chatbot that remembers each person.")
+    parser.add_argument("--config", metavar="FILE", help=_CONFIG_HELP)
+    parser.add_argument("--version", action="version", version=f"membot {version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    chat = sub.add_parser("chat", help="chat in the terminal (piped stdin: one message a line)")
+    chat = sub.add_parser("chat", parents=[common], help="chat in the terminal (piped stdin: one message a line)")
     chat.add_argument("--user", default=os.environ.get("USER") or "me", help="your user id on the console")
-    chat.add_argument("--config", dest="config_sub", help=argparse.SUPPRESS)
 
-    run = sub.add_parser("run", help="run the bot on every platform whose token is set")
-    run.add_argument("--config", dest="config_sub", help=argparse.SUPPRESS)
+    sub.add_parser("run", parents=[common], help="run the bot on every platform whose token is set")
 
-    jobs = sub.add_parser("jobs", help="memory jobs")
+    jobs = sub.add_parser("jobs", parents=[common], help="memory jobs")
     jobs_sub = jobs.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
-    jobs_run = jobs_sub.add_parser("run", help="close idle sessions, write due memories now, and exit")
-    jobs_run.add_argument("--config", dest="config_sub", help=argparse.SUPPRESS)
+    jobs_sub.add_parser("run", parents=[common], help="close idle sessions, write due memories now, and exit")
 
-    memory = sub.add_parser("memory", help="show, export or forget one person's memory")
+    memory = sub.add_parser("memory", parents=[common], help="show, export or forget one person's memory")
     memory_sub = memory.add_subparsers(dest="memory_command", required=True, metavar="ACTION")
     for action, text in (("show", "print the compressive memory"), ("export", "write all stored data as JSON"),
                          ("forget", "delete everything about the person")):
-        p = memory_sub.add_parser(action, help=text)
-        p.add_argument("--platform", required=True, help="console, telegram or discord")
+        p = memory_sub.add_parser(action, parents=[common], help=text)
+        p.add_argument("--platform", required=True, choices=PLATFORMS, help=", ".join(PLATFORMS))
         p.add_argument("--user", required=True, help="the user id on that platform")
-        p.add_argument("--config", dest="config_sub", help=argparse.SUPPRESS)
         if action == "export":
             p.add_argument("--out", help="file to write (default: stdout)")
         if action == "forget":
             p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
-    ev = sub.add_parser("eval", help="benchmarks of the memory")
+    ev = sub.add_parser("eval", parents=[common], help="benchmarks of the memory")
     ev_sub = ev.add_subparsers(dest="eval_command", required=True, metavar="BENCHMARK")
-    locomo = ev_sub.add_parser("locomo", help="replay LoCoMo conversations through the bot's pipeline")
-    locomo.add_argument("--config", dest="config_sub", help=argparse.SUPPRESS)
-    locomo.add_argument("--data", required=True, help="LoCoMo JSON (locomo10.json format)")
-    locomo.add_argument("--conversations", help="comma-separated sample ids (default: all)")
-    locomo.add_argument("--strategies", default="none,recent,sessions,compressive,hybrid")
-    locomo.add_argument("--budgets", default="256,512,1024,2048")
-    locomo.add_argument("--limit-sessions", type=int)
-    locomo.add_argument("--limit-questions", type=int)
-    locomo.add_argument("--answer-budgets", help="budgets at which answers are generated and scored (default 1024)")
-    locomo.add_argument("--reuse", action="store_true",
-                        help="reuse the memory databases an earlier run left in OUT/databases (re-score only)")
-    locomo.add_argument("--answer-questions", type=int,
+    locomo = ev_sub.add_parser("locomo", parents=[common], help="replay LoCoMo conversations through the bot's pipeline",
+                               description="Replay LoCoMo conversations through the bot's own memory pipeline and "
+                                           "score what each memory strategy puts in the reply context "
+                                           "(see docs/locomo.md).")
+    locomo.add_argument("--data", required=True, type=_readable_file, metavar="FILE",
+                        help="the LoCoMo JSON file (locomo10.json format)")
+    locomo.add_argument("--out", required=True, metavar="DIR",
+                        help="output folder: report.md, report.json and the memory databases (OUT/databases)")
+    locomo.add_argument("--conversations", metavar="IDS", help="comma-separated sample ids (default: all)")
+    locomo.add_argument("--strategies", default="none,recent,sessions,compressive,hybrid", metavar="LIST",
+                        help="comma-separated memory strategies to compare (default: %(default)s)")
+    locomo.add_argument("--budgets", default="256,512,1024,2048", metavar="LIST",
+                        help="comma-separated reply-context token budgets to measure (default: %(default)s)")
+    locomo.add_argument("--limit-sessions", type=int, metavar="N",
+                        help="replay only the first N sessions of each conversation, and ask only the questions "
+                             "about them (default: all)")
+    locomo.add_argument("--limit-questions", type=int, metavar="N",
+                        help="ask at most N questions per conversation (default: all)")
+    locomo.add_argument("--answer-budgets", metavar="LIST",
+                        help="budgets at which answers are generated and scored (default: 1024 if measured, "
+                             "else the largest budget)")
+    locomo.add_argument("--answer-questions", type=int, metavar="N",
                         help="generate answers for only N questions of each conversation, spread over its list (cost)")
     locomo.add_argument("--no-answers", action="store_true", help="skip answer generation (recall only)")
+    locomo.add_argument("--reuse", action="store_true",
+                        help="reuse the memory databases an earlier run left in OUT/databases (re-score only)")
     locomo.add_argument("--with-contexts", action="store_true",
                         help="keep every reply context in report.json (for checking answers by hand; large)")
-    locomo.add_argument("--out", required=True, help="output folder")
     return parser
 
 
@@ -139,11 +190,45 @@ async def _chat(settings: Settings, user: str) -> int:
         await app.close()
 
 
+class JobsProgress:
+    """`membot jobs run` on a backlog takes minutes on a CPU: show "memory jobs: done/total" redrawn in place on
+    a terminal. Silent when the stream is not a terminal (piped or logged), where a redrawn line is noise.
+
+    Called by JobRunner after each batch with the jobs just processed and the jobs still due; the total grows
+    while it runs, since each session memory written queues a compression."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.enabled = stream.isatty()
+        self.done = 0
+        self._shown = 0  # width of the line on screen, to blank it out
+
+    def __call__(self, processed: int, remaining: int) -> None:
+        self.done += processed
+        if not self.enabled:
+            return
+        text = f"memory jobs: {self.done}/{self.done + remaining} done"
+        self.stream.write("\r" + text.ljust(self._shown))
+        self.stream.flush()
+        self._shown = len(text)
+
+    def close(self) -> None:
+        """Blank the progress line so the summary (on stdout) starts on a clean line."""
+        if self.enabled and self._shown:
+            self.stream.write("\r" + " " * self._shown + "\r")
+            self.stream.flush()
+            self._shown = 0
+
+
 async def _jobs_run(settings: Settings) -> int:
     app = await _open_app(settings)
+    progress = JobsProgress(sys.stderr)
     try:
         await app.start(schedule=False)
-        report = await app.jobs.run_until_idle()
+        try:
+            report = await app.jobs.run_until_idle(progress=progress)
+        finally:
+            progress.close()
         print("Memory jobs: " + report.summary() + ".")
         return 0
     finally:

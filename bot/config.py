@@ -5,14 +5,26 @@ Secrets never live in the file: it names the environment variables that hold the
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
+import types
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from platformdirs import user_data_dir
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -157,11 +169,33 @@ class Settings(Section):
         return self
 
     @model_validator(mode="after")
+    def _check_model_names(self) -> Settings:
+        """A transformers model needs `name`; checked here so start-up stops before the database is opened or
+        another model is loaded, instead of failing at run time (exit 1) after seconds of loading."""
+        for key, model in (("model", self.model), ("memory_model", self.memory_model)):
+            if model is not None and model.backend == "transformers" and not model.name:
+                raise PydanticCustomError(
+                    "missing_name",
+                    f'{key}.name: required with backend = "transformers" (a Hugging Face id or a local folder)',
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _check_telegram_webhook(self, info: ValidationInfo) -> Settings:
+        """Webhook mode cannot start without its public URL; checked when the file is read, so `membot run`
+        stops at once rather than after the model has loaded. Skipped when code assigns a section later
+        (`info.field_name` set): the Telegram adapter repeats the check for settings built that way."""
+        if info.field_name is None and self.telegram.mode == "webhook" and not self.telegram.webhook_url:
+            raise PydanticCustomError(
+                "missing_webhook_url",
+                'telegram.webhook_url: required when telegram.mode = "webhook" (the public HTTPS URL Telegram calls)',
+            )
+        return self
+
+    @model_validator(mode="after")
     def _check_every_task_has_a_model(self) -> Settings:
         """Replies need a profile that can reply; the memory jobs need one that writes memories (task 1 and 2):
         the reply model's, or the [memory_model]'s when there is one."""
-        from pydantic_core import PydanticCustomError
-
         from models.profiles import Task, known_profiles, profile_tasks
 
         writers = [n for n in known_profiles() if {Task.SESSION_MEMORY, Task.COMPRESS} <= profile_tasks(n)]
@@ -186,6 +220,38 @@ class ConfigError(Exception):
     """Raised with one human sentence naming the bad key; the CLI prints it and exits 2."""
 
 
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    """The Section class behind a field's annotation (`ModelSettings | None` included), else None."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                return arg
+    return None
+
+
+def _suggest(loc: tuple[int | str, ...]) -> str:
+    """'; did you mean X?' for an unknown key: a close spelling among the keys valid at that place, or the
+    same key in another section (e.g. `strategy` written under [model] instead of [memory])."""
+    *parents, unknown = (str(part) for part in loc)
+    model: type[BaseModel] | None = Settings
+    for part in parents:
+        field = model.model_fields.get(part) if model else None
+        model = _section_model(field.annotation) if field else None
+    if model is None:
+        return ""
+    close = difflib.get_close_matches(unknown, list(model.model_fields), n=1, cutoff=0.6)
+    if close:
+        return f"; did you mean {close[0]}?"
+    if parents:
+        for section, field in Settings.model_fields.items():
+            other = _section_model(field.annotation)
+            if other is not None and other is not model and unknown in other.model_fields:
+                return f"; did you mean {section}.{unknown}?"
+    return ""
+
+
 def _describe(error: ValidationError) -> str:
     first = error.errors()[0]
     key = ".".join(str(part) for part in first["loc"])
@@ -193,7 +259,7 @@ def _describe(error: ValidationError) -> str:
     if not key:  # whole-file checks already name their key in the message
         return message
     if first["type"] == "extra_forbidden":
-        message = "unknown setting"
+        message = "unknown setting" + _suggest(tuple(first["loc"]))
     return f"{key}: {message}"
 
 

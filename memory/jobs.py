@@ -26,6 +26,9 @@ from models.profiles.base import Profile
 
 log = logging.getLogger(__name__)
 
+Progress = Callable[[int, int], None]
+"""Told after each batch: (jobs just processed, jobs still due). `membot jobs run` draws it on a terminal."""
+
 
 @dataclass
 class JobsReport:
@@ -49,6 +52,13 @@ class JobsReport:
         if self.purged_messages:
             parts.append(f"deleted {self.purged_messages} message(s) past the retention period")
         return ", ".join(parts)
+
+    @property
+    def eventful(self) -> bool:
+        """Worth a log line: something was closed, written, flagged or deleted."""
+        s, c = self.session_memories, self.compressions
+        return bool(self.closed_sessions or s.written or c.written or s.malformed or c.malformed
+                    or self.purged_messages)
 
 
 class JobRunner:
@@ -97,13 +107,23 @@ class JobRunner:
     async def pending_count(self) -> int:
         return int(await self.store.scalar("SELECT COUNT(*) FROM jobs WHERE state IN ('pending', 'running')") or 0)
 
-    async def run_due(self, *, sweep: bool = True) -> JobsReport:
-        """Close idle sessions, write their session memories, then compress; all in batches."""
+    async def _due_count(self) -> int:
+        return int(await self.store.scalar(
+            "SELECT COUNT(*) FROM jobs WHERE state = 'pending' AND not_before <= ?", (self.clock(),)
+        ) or 0)
+
+    async def run_due(self, *, sweep: bool = True, progress: Progress | None = None) -> JobsReport:
+        """Close idle sessions, write their session memories, then compress; all in batches.
+
+        The summary is logged at DEBUG only: the scheduler logs it at INFO, and `membot jobs run` prints it,
+        so it is said once."""
         async with self._lock:
             closed = len(await self.sessions.sweep()) if sweep else 0
             memories = TaskReport()
             compressions = TaskReport()
             seen: set[int] = set()
+            if progress is not None:
+                progress(0, await self._due_count())
             try:
                 while ids := await self._claim("session_memory", seen):
                     seen.update(ids)
@@ -112,6 +132,8 @@ class JobRunner:
                         max_new_tokens=self.max_new_tokens, max_attempts=self.max_attempts, clock=self.clock,
                         retry_backoff=self.retry_backoff,
                     ))
+                    if progress is not None:
+                        progress(len(ids), await self._due_count())
                 await self._release(seen)
                 seen = set()
                 while ids := await self._claim("compress", seen):
@@ -121,6 +143,8 @@ class JobRunner:
                         max_new_tokens=self.max_new_tokens, max_attempts=self.max_attempts, clock=self.clock,
                         retry_backoff=self.retry_backoff,
                     ))
+                    if progress is not None:
+                        progress(len(ids), await self._due_count())
                 await self._release(seen)
             except Exception:
                 # E.g. the disk filled up mid-run: what this run claimed must not stay 'running' (only a restart
@@ -129,24 +153,20 @@ class JobRunner:
                 raise
             purged = await purge_expired(self.store, self.retention_days, self.clock())
             report = JobsReport(memories, compressions, closed, purged)
-            if (closed or memories.written or compressions.written or memories.malformed or compressions.malformed
-                    or purged):
-                log.info("memory jobs: %s", report.summary())
+            if report.eventful:
+                log.debug("memory jobs: %s", report.summary())
             return report
 
-    async def run_until_idle(self, max_rounds: int = 10) -> JobsReport:
+    async def run_until_idle(self, max_rounds: int = 10, *, progress: Progress | None = None) -> JobsReport:
         """Run rounds until nothing is due (retries of malformed output included); for CLI and tests."""
         total = JobsReport(TaskReport(), TaskReport())
         for _ in range(max_rounds):
-            report = await self.run_due()
+            report = await self.run_due(progress=progress)
             total.closed_sessions += report.closed_sessions
             total.session_memories.add(report.session_memories)
             total.compressions.add(report.compressions)
             total.purged_messages += report.purged_messages
-            due = await self.store.scalar(
-                "SELECT COUNT(*) FROM jobs WHERE state = 'pending' AND not_before <= ?", (self.clock(),)
-            )
-            if not due:
+            if not await self._due_count():
                 break
         return total
 
@@ -179,7 +199,9 @@ def build_scheduler(
 
     async def jobs() -> None:
         try:
-            await runner.run_due()
+            report = await runner.run_due()
+            if report.eventful:
+                log.info("memory jobs: %s", report.summary())
         except Exception:
             log.exception("memory jobs failed; they will be retried")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -120,3 +121,78 @@ def test_sigkill_during_chat_and_jobs_loses_nothing(tmp_path: Path, round_: int)
         for (sid,) in closed:
             assert conn.execute("SELECT COUNT(*) FROM session_memories WHERE session_id = ?", (sid,)).fetchone()[0] == 1
         assert conn.execute("SELECT COUNT(*) FROM messages WHERE author = 'user'").fetchone()[0] == len(stored)
+
+
+def _closed_session(tmp_path: Path) -> Path:
+    """A config logging at INFO (the default level, where a duplicated summary shows) and one closed session
+    from a piped chat, so `membot jobs run` has a session memory and a compression to do."""
+    cfg = tmp_path / "info.toml"
+    cfg.write_text(f'[model]\nbackend = "fake"\n[storage]\npath = "{tmp_path / "db.sqlite3"}"\n[logging]\nlevel = "INFO"\n')
+    chat = membot("chat", "--user", "dana", config=cfg, stdin="I grow tomatoes.\n/end\n")
+    assert chat.returncode == 0, chat.stderr
+    return cfg
+
+
+def test_jobs_run_says_its_summary_once_and_no_progress_when_piped(tmp_path: Path) -> None:
+    cfg = _closed_session(tmp_path)
+    jobs = membot("jobs", "run", config=cfg)
+    assert jobs.returncode == 0, jobs.stderr
+    assert jobs.stdout.startswith("Memory jobs: ") and "wrote 1 session memory" in jobs.stdout
+    assert (jobs.stdout + jobs.stderr).count("wrote 1 session memory") == 1, jobs.stderr
+    assert "done" not in jobs.stderr and "\r" not in jobs.stderr
+
+
+def test_jobs_run_shows_progress_on_a_terminal(tmp_path: Path) -> None:
+    """stderr on a pseudo-terminal, as in an interactive shell: jobs done / total, then the line is cleared."""
+    pty = pytest.importorskip("pty")
+    cfg = _closed_session(tmp_path)
+    master, slave = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("MEMBOT_CONFIG", None)
+    proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "--config", str(cfg), "jobs", "run"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave, env=env, cwd=REPO)
+    os.close(slave)
+    terminal = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        terminal += chunk
+    os.close(master)
+    stdout = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode == 0, terminal
+    shown = terminal.decode()
+    last = "memory jobs: 2/2 done"  # the session memory queued the compression: the total grew from 1 to 2
+    assert "\rmemory jobs: 0/1 done\r" in shown and last in shown, repr(shown)
+    assert shown.split(last, 1)[1].startswith("\r" + " " * len(last) + "\r"), repr(shown)  # blanked at the end
+    assert stdout.count("wrote 1 session memory") == 1 and "wrote 1 session memory" not in shown
+
+
+class _Terminal(io.StringIO):
+    """A stand-in for a terminal: a text stream that says it is one."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_is_redrawn_on_a_terminal_and_silent_elsewhere() -> None:
+    from bot.cli import JobsProgress
+
+    tty = _Terminal()
+    progress = JobsProgress(tty)
+    progress(0, 3)
+    progress(2, 3)  # two done; the first session memories queued compressions, so the total grew
+    progress(3, 0)
+    progress.close()
+    frames = tty.getvalue().split("\r")
+    assert frames[1:4] == ["memory jobs: 0/3 done", "memory jobs: 2/5 done", "memory jobs: 5/5 done"]
+    assert frames[4].strip() == "" and frames[-1] == ""  # blanked, cursor back at the line start
+    piped = io.StringIO()
+    quiet = JobsProgress(piped)
+    quiet(0, 3)
+    quiet(3, 0)
+    quiet.close()
+    assert piped.getvalue() == "" and quiet.done == 3
