@@ -142,6 +142,12 @@ def _subject_i(rest: str, name: str) -> str | None:
     return " ".join([name, *head, *words])
 
 
+_AUXILIARIES = [
+    (re.compile(rf"^(?:{forms})\s+(.+)$", re.IGNORECASE), verb)
+    for forms, verb in (("i've|i have", "has"), ("i'd|i would", "would"), ("i'll|i will", "will"))
+]
+
+
 def _statement(clause: str, name: str) -> str | None:
     """One first-person clause as a third-person fact, or None when it is not a statement about oneself."""
     clause = _LEADING.sub("", clause.strip()).strip(" ,-")
@@ -159,15 +165,10 @@ def _statement(clause: str, name: str) -> str | None:
         if re.fullmatch(r"[A-Z][\w'-]*", rest.strip(" .!")):
             return None if rest.strip(" .!").lower() == name.lower() else f"{name} is called {rest.strip(' .!')}"
         return f"{name} is {rest}"
-    m = re.match(r"^(?:i've|i have)\s+(.+)$", clause, re.IGNORECASE)
-    if m:
-        return f"{name} has {m.group(1)}"
-    m = re.match(r"^(?:i'd|i would)\s+(.+)$", clause, re.IGNORECASE)
-    if m:
-        return f"{name} would {m.group(1)}"
-    m = re.match(r"^(?:i'll|i will)\s+(.+)$", clause, re.IGNORECASE)
-    if m:
-        return f"{name} will {m.group(1)}"
+    for pattern, verb in _AUXILIARIES:
+        m = pattern.match(clause)
+        if m:
+            return f"{name} {verb} {m.group(1)}"
     m = re.match(r"^my\s+(.+?)\s+and\s+i\s+(.+)$", clause, re.IGNORECASE)
     if m:
         return f"{name} and their {m.group(1)} {m.group(2)}"
