@@ -91,12 +91,6 @@ _JOBS = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class Fact:
-    text: str
-    slots: tuple[str, ...] = ()
-
-
 def _third_person_verb(verb: str) -> str:
     low = verb.lower()
     if low in _IRREGULAR_3S:
