@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from memory.dates import format_datetime
+from memory.dates import to_datetime
 from memory.store import Store
 
 
@@ -43,8 +43,20 @@ async def forget_user(store: Store, user_pk: int) -> dict[str, int]:
     return counts
 
 
+def _iso(ts: float) -> str:
+    """A stored UTC time as ISO 8601 ("2023-05-08T13:56:00Z"), the form programs reading an export parse.
+
+    Whole seconds, like the readable form people saw before; "Z" rather than "+00:00" because it is the form
+    most tools expect (Python's datetime.fromisoformat reads both).
+    """
+    return to_datetime(ts).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 async def export_user(store: Store, user_pk: int) -> dict[str, Any]:
-    """A JSON-ready document of one person's data; every query is keyed by that person's id."""
+    """A JSON-ready document of one person's data; every query is keyed by that person's id.
+
+    Every time in it is ISO 8601 UTC (see _iso), so the export can be read back by programs, not just people.
+    """
     user = await store.fetchone(
         "SELECT platform, platform_user_id, display_name, created FROM users WHERE id = ?", (user_pk,)
     )
@@ -66,10 +78,10 @@ async def export_user(store: Store, user_pk: int) -> dict[str, Any]:
             (s[0], user_pk),
         )
         out_sessions.append({
-            "id": s[0], "chat": s[1], "chat_kind": s[2], "started": format_datetime(s[3]),
-            "last_activity": format_datetime(s[4]), "closed": format_datetime(s[5]) if s[5] else None,
+            "id": s[0], "chat": s[1], "chat_kind": s[2], "started": _iso(s[3]),
+            "last_activity": _iso(s[4]), "closed": _iso(s[5]) if s[5] else None,
             "state": s[6],
-            "messages": [{"author": m[0], "text": m[1], "time": format_datetime(m[2])} for m in messages],
+            "messages": [{"author": m[0], "text": m[1], "time": _iso(m[2])} for m in messages],
             "session_memory": None if memory is None else {
                 "facts": json.loads(memory[0]), "source": memory[1], "model": memory[2],
             },
@@ -83,16 +95,16 @@ async def export_user(store: Store, user_pk: int) -> dict[str, Any]:
         "SELECT task, raw, reason, created FROM model_outputs WHERE user_id = ? ORDER BY id", (user_pk,)
     )
     return {
-        "user": {"platform": user[0], "id": user[1], "display_name": user[2], "first_seen": format_datetime(user[3])},
+        "user": {"platform": user[0], "id": user[1], "display_name": user[2], "first_seen": _iso(user[3])},
         "sessions": out_sessions,
         "compressive_memory": [
             {"scope": v[0], "version": v[1], "profile": v[2], "relationship": v[3], "events": v[4],
              "source_sessions": json.loads(v[5]), "model": v[6], "flagged": bool(v[7]),
-             "created": format_datetime(v[8])}
+             "created": _iso(v[8])}
             for v in versions
         ],
         # Model outputs about the person that could not be used (kept raw for inspection and retries).
         "flagged_model_outputs": [
-            {"task": o[0], "raw": o[1], "reason": o[2], "created": format_datetime(o[3])} for o in outputs
+            {"task": o[0], "raw": o[1], "reason": o[2], "created": _iso(o[3])} for o in outputs
         ],
     }
