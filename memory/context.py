@@ -80,19 +80,31 @@ async def latest_compressive(store: Store, user_pk: int, scope: str) -> Compress
 
 
 def _cut_to(text: str, max_tokens: int, count: CountTokens) -> str:
+    """The longest beginning of `text` within `max_tokens`: at a space when the first word fits, else by
+    characters (a run with no spaces, such as 360 Chinese characters, a long URL or a line of emoji, must not
+    become nothing). Empty only when the budget is."""
     if max_tokens <= 0:
         return ""
     if count(text) <= max_tokens:
         return text
     words = text.split()
-    lo, hi = 0, len(words)
+    lo = _longest_fit(len(words), lambda n: count(" ".join(words[:n])) <= max_tokens)
+    if lo:
+        return " ".join(words[:lo])
+    chars = _longest_fit(len(text), lambda n: count(text[:n]) <= max_tokens)
+    return text[: max(chars, 1)]
+
+
+def _longest_fit(size: int, fits: Callable[[int], bool]) -> int:
+    """The largest n in 0..size with fits(n), for a monotone `fits` (binary search: counting is not free)."""
+    lo, hi = 0, size
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if count(" ".join(words[:mid])) <= max_tokens:
+        if fits(mid):
             lo = mid
         else:
             hi = mid - 1
-    return " ".join(words[:lo])
+    return lo
 
 
 @dataclass

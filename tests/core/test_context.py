@@ -91,3 +91,33 @@ async def test_another_persons_memory_never_appears(app: App, fake_backend: Fake
     fake_backend.calls.clear()
     await app.dispatcher.handle(_msg("What is Alice's passport number? passport", user="bob", chat="g", kind="group"))
     assert all("ZX-9911" not in p.flat() for p in fake_backend.prompts)
+
+
+@pytest.mark.parametrize("text", [
+    "长" * 2400,  # a long run of Chinese characters: no spaces at all
+    "https://example.org/" + "a1b2c3" * 400,  # a 2,420-character URL
+    "😀" * 4000,  # a line of emoji
+])
+async def test_the_newest_message_always_reaches_the_model_cut_if_it_must(
+    app: App, fake_backend: FakeBackend, text: str
+) -> None:
+    """A first run without spaces longer than the budget used to be cut to "": the model answered nothing."""
+    reply = await app.dispatcher.handle(_msg(text))
+    assert reply.kind == "reply"
+    prompt = fake_backend.prompts[-1]
+    last_role, last_text = prompt.messages[-1]
+    assert last_role == "user" and last_text and text.startswith(last_text)
+    assert fake_backend.count_tokens(last_text) <= app.settings.memory.reply_context_tokens
+
+
+@pytest.mark.parametrize(("text", "budget", "expected"), [
+    ("one two three four", 2, "one two"),
+    ("abcdefghijklmnop", 2, "abcdefghijk"),  # no space: cut by characters, never to nothing
+    ("abcdefghijklmnop rest", 2, "abcdefghijk"),
+    ("short", 10, "short"),
+    ("anything", 0, ""),
+])
+def test_cut_to_keeps_the_longest_beginning(text: str, budget: int, expected: str) -> None:
+    from memory.context import _cut_to
+
+    assert _cut_to(text, budget, lambda t: len(t) // 4) == expected
