@@ -127,6 +127,14 @@ def _setup_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, getattr(logging, level)))
 
 
+def write_private(path: Path, text: str) -> None:
+    """An export holds private conversations: readable by its owner only (0600), whatever the umask."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     config = getattr(args, "config_sub", None) or args.config
@@ -247,7 +255,7 @@ async def _memory(settings: Settings, args: argparse.Namespace) -> int:
         elif args.memory_command == "export":
             text = json.dumps(await d.export(args.platform, args.user), ensure_ascii=False, indent=2)
             if args.out:
-                await asyncio.to_thread(Path(args.out).write_text, text + "\n", encoding="utf-8")
+                await asyncio.to_thread(write_private, Path(args.out), text + "\n")
                 print(f"Wrote {args.out}", file=sys.stderr)
             else:
                 print(text)

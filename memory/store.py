@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
@@ -39,6 +40,17 @@ async def _configure(conn: aiosqlite.Connection) -> None:
     await conn.execute("PRAGMA secure_delete=ON")
 
 
+def _private_file(path: Path) -> None:
+    """The database holds private conversations: its folder, if membot makes it, is 0700 and the file 0600,
+    whatever the umask. SQLite gives the -wal and -shm files the database file's permissions. A folder that
+    already exists is left as its owner set it (it may be shared, e.g. /srv)."""
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.parent.chmod(0o700)  # mkdir's mode is filtered by the umask
+    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    os.chmod(path, 0o600)
+
+
 class Store:
     """Owns the connections. Use `async with store.write() as db:` for a transaction."""
 
@@ -56,7 +68,7 @@ class Store:
 
     async def connect(self) -> None:
         if str(self.path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _private_file(self.path)
         self._writer = await aiosqlite.connect(self.path, isolation_level=None)
         try:
             await _configure(self._writer)
