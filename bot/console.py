@@ -61,6 +61,10 @@ class ConsoleChat:
         if stdin is None and hasattr(sys.stdin, "reconfigure"):
             # Bytes that are not UTF-8 (a binary pipe, another locale) become U+FFFD instead of ending the chat.
             sys.stdin.reconfigure(errors="replace")
+        if stdout is None and hasattr(sys.stdout, "reconfigure"):
+            # A terminal or pipe that is not UTF-8 (C locale, PYTHONIOENCODING=ascii) shows "?" for what it
+            # cannot print; the message is stored already and the chat goes on.
+            sys.stdout.reconfigure(errors="replace")
         self.stdin = stdin or sys.stdin
         self.stdout = stdout or sys.stdout
         self.stderr = stderr or sys.stderr

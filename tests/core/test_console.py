@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from bot.app import App
 from bot.config import load_settings
 from bot.console import GOODBYE, SESSION_ENDED, ConsoleChat
@@ -295,3 +297,16 @@ async def test_memory_names_the_configured_schedule(
             assert (await _memory(app, "discord")).endswith(elsewhere)
         finally:
             await app.close()
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "latin-1"])
+def test_a_terminal_that_is_not_utf8_gets_replacement_characters_not_a_crash(tmp_path: Path, encoding: str) -> None:
+    config = tmp_path / "membot.toml"
+    config.write_text(f'[storage]\npath = "{tmp_path / "db.sqlite3"}"\n[model]\nbackend = "fake"\n')
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONIOENCODING": encoding}
+    done = subprocess.run([sys.executable, "-m", "bot.cli", "--config", str(config), "chat", "--user", "zoe"],
+                          input="Héllo 😀 こんにちは\n".encode(), capture_output=True, env=env, cwd=REPO,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    assert done.stdout.decode(encoding).startswith("echo: H")  # what it cannot print shows as "?"
+    assert b"Traceback" not in done.stderr
