@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import NoReturn, TextIO
 
 from bot.config import ConfigError, Settings, load_settings
+from bot.text import redact
 
 log = logging.getLogger("membot")
 
@@ -153,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except Exception as exc:  # one clear line, never a stack trace, unless debugging
         log.debug("fatal error", exc_info=True)
-        print(f"membot: {exc}", file=sys.stderr)
+        print(f"membot: {redact(str(exc))}", file=sys.stderr)  # secrets never leave, whatever the error
         return 1
 
 

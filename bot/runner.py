@@ -8,6 +8,7 @@ import os
 import signal
 
 from bot.config import Settings
+from bot.text import redact_in_logs
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,7 @@ async def run_platforms(settings: Settings) -> int:
     plans: list[tuple[str, str]] = []
     for platform, env_name in (("telegram", settings.telegram.token_env), ("discord", settings.discord.token_env)):
         if _token(env_name):
+            redact_in_logs(_token(env_name))  # from the moment it is read: every log line and error message
             plans.append((platform, env_name))
         else:
             log.warning("%s not started: the environment variable %s is not set", platform.title(), env_name)

@@ -41,7 +41,7 @@ from telegram import (
     Update,
 )
 from telegram.constants import ChatAction, ChatType
-from telegram.error import BadRequest, Forbidden, NetworkError, TelegramError
+from telegram.error import BadRequest, Forbidden, InvalidToken, NetworkError, TelegramError
 from telegram.ext import (
     AIORateLimiter,
     Application,
@@ -344,7 +344,14 @@ class TelegramAdapter:
 
     async def start(self) -> None:
         """getMe, register the command menus, then poll (default) or serve the webhook."""
-        await self.application.initialize()
+        try:
+            await self.application.initialize()
+        except InvalidToken:
+            # PTB's message quotes the token; ours names the variable instead.
+            raise RuntimeError(
+                f"Telegram rejected the bot token in {self.settings.token_env}; copy it again from @BotFather "
+                "(/mybots → API Token)"
+            ) from None
         try:
             await self.register_commands()
             await self.application.start()
