@@ -190,6 +190,13 @@ class Settings(Section):
                 "missing_webhook_url",
                 'telegram.webhook_url: required when telegram.mode = "webhook" (the public HTTPS URL Telegram calls)',
             )
+        if info.field_name is None and self.telegram.mode == "webhook" and not self.telegram.webhook_secret_env:
+            # Without a secret anyone who reaches the port can post updates "from" any user.
+            raise PydanticCustomError(
+                "missing_webhook_secret",
+                'telegram.webhook_secret_env: required when telegram.mode = "webhook" (the name of a variable '
+                "holding a random secret, so that only Telegram can post updates)",
+            )
         return self
 
     @model_validator(mode="after")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dtm
+import hmac
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+from aiohttp import web
 from telegram import (
     BotCommand,
     BotCommandScopeChat,
@@ -188,6 +190,10 @@ class InboxQueue(asyncio.Queue):  # type: ignore[type-arg]
 
     async def put(self, item: object) -> None:
         if isinstance(item, Update):
+            problem = inconsistency(item)
+            if problem:
+                log.warning("Telegram: dropped update %d: %s", item.update_id, problem)
+                return
             if item.update_id in self.replayed:
                 self.replayed.discard(item.update_id)
                 return
@@ -198,6 +204,22 @@ class InboxQueue(asyncio.Queue):  # type: ignore[type-arg]
             except Exception as exc:  # e.g. disk full: still handle it, as PTB alone would
                 log.error("Telegram: could not keep update %d before confirming it: %s", item.update_id, exc)
         await super().put(item)
+
+
+def inconsistency(update: Update) -> str | None:
+    """Why an update cannot be genuine, or None. In a private chat the chat is the person: a message or button
+    press there "from" someone else is forged (e.g. posted to an unprotected webhook to read another person's
+    /export), so it is dropped before it is stored or handled."""
+    message = update.message or update.edited_message
+    if message is not None and message.chat.type == "private":
+        sender = message.from_user
+        if sender is None or sender.id != message.chat.id:
+            return f"a private chat {message.chat.id} message from {sender.id if sender else 'nobody'}"
+    query = update.callback_query
+    if query is not None and query.message is not None and query.message.chat.type == "private":
+        if query.from_user.id != query.message.chat.id:
+            return f"a button in private chat {query.message.chat.id} pressed by {query.from_user.id}"
+    return None
 
 
 class RateLimiter(AIORateLimiter):
@@ -304,6 +326,7 @@ class TelegramAdapter:
         self.edit_interval = EDIT_INTERVAL
         self.send_retry_delays: tuple[float, ...] = SEND_RETRY_DELAYS
         self._webhook = self._webhook_options() if self.settings.mode == "webhook" else None
+        self._web_runner: web.AppRunner | None = None
         builder = (
             ApplicationBuilder()
             .token(token)
@@ -330,13 +353,13 @@ class TelegramAdapter:
         s = self.settings
         if not s.webhook_url:
             raise ConfigError('telegram.webhook_url: required when telegram.mode = "webhook"')
-        secret = None
-        if s.webhook_secret_env:
-            secret = os.environ.get(s.webhook_secret_env, "").strip()
-            if not secret:
-                raise ConfigError(f"telegram.webhook_secret_env: the environment variable {s.webhook_secret_env} "
-                                  "is not set")
-            redact_in_logs(secret)
+        if not s.webhook_secret_env:
+            raise ConfigError('telegram.webhook_secret_env: required when telegram.mode = "webhook"')
+        secret = os.environ.get(s.webhook_secret_env, "").strip()
+        if not secret:
+            raise ConfigError(f"telegram.webhook_secret_env: the environment variable {s.webhook_secret_env} "
+                              "is not set")
+        redact_in_logs(secret)
         return {
             "listen": s.webhook_listen, "port": s.webhook_port, "webhook_url": s.webhook_url,
             "url_path": urlparse(s.webhook_url).path.strip("/"), "secret_token": secret,
@@ -359,7 +382,7 @@ class TelegramAdapter:
             updater = self.application.updater
             assert updater is not None
             if self._webhook is not None:
-                await updater.start_webhook(**self._webhook, allowed_updates=list(ALLOWED_UPDATES))
+                await self._serve_webhook()
                 log.info("Telegram: @%s receives updates by webhook at %s (listening on %s:%d)",
                          self.bot.username, self.settings.webhook_url, self._webhook["listen"],
                          self._webhook["port"])
@@ -373,8 +396,40 @@ class TelegramAdapter:
             await self.stop()
             raise
 
+    async def _serve_webhook(self) -> None:
+        """Our own endpoint rather than PTB's: it compares the secret in constant time (PTB's handler uses
+        `!=`), then hands the update to the same queue polling fills; Telegram gets its 200 only after the
+        update is kept in the inbox. Then Telegram is told the URL and the secret."""
+        options = self._webhook
+        assert options is not None
+        server = web.Application(client_max_size=1 << 20)
+        server.router.add_post("/" + options["url_path"], self._on_webhook_post)
+        self._web_runner = web.AppRunner(server, access_log=None)
+        await self._web_runner.setup()
+        await web.TCPSite(self._web_runner, options["listen"], options["port"]).start()
+        await self.bot.set_webhook(url=options["webhook_url"], secret_token=options["secret_token"],
+                                   allowed_updates=list(ALLOWED_UPDATES))
+
+    async def _on_webhook_post(self, request: web.Request) -> web.Response:
+        options = self._webhook
+        assert options is not None
+        given = request.headers.get("X-Telegram-Bot-Api-Secret-Token", "")
+        if not hmac.compare_digest(given.encode(), options["secret_token"].encode()):
+            log.warning("Telegram: refused a webhook post without the right secret from %s", request.remote)
+            return web.Response(status=403)
+        try:
+            update = Update.de_json(await request.json(), self.bot)
+        except Exception as exc:  # not JSON, not an update: nothing Telegram sends
+            log.warning("Telegram: refused a malformed webhook post: %s", exc)
+            return web.Response(status=400)
+        await self.application.update_queue.put(update)
+        return web.Response(status=200)
+
     async def stop(self) -> None:
         """Stop fetching, let the updates in hand finish (their replies are sent), then close."""
+        if self._web_runner is not None:
+            await self._web_runner.cleanup()
+            self._web_runner = None
         updater = self.application.updater
         if updater is not None and updater.running:
             await updater.stop()

@@ -67,6 +67,16 @@ def test_webhook_mode_without_url_stops_before_the_model_loads(tmp_path: Path) -
     assert not cache.exists() and not db.exists()
 
 
+def test_webhook_mode_without_a_secret_refuses_to_start(tmp_path: Path) -> None:
+    """Without a secret anyone who reaches the port could post updates "from" any user."""
+    cfg, db, cache = _write(tmp_path, f'[model]\nbackend = "embedded"\ncache_dir = "{tmp_path / "model-cache"}"\n'
+                                      '[telegram]\nmode = "webhook"\nwebhook_url = "https://bot.example.invalid/h"\n')
+    result = membot("run", "--config", str(cfg), env={"TELEGRAM_BOT_TOKEN": "123:not-a-real-token"})
+    assert result.returncode == 2
+    assert one_line(result).startswith(f"membot: configuration error: {cfg}: telegram.webhook_secret_env: required")
+    assert not cache.exists() and not db.exists()
+
+
 def test_misspelled_key_suggests_the_right_one(tmp_path: Path) -> None:
     cfg, db, _ = _write(tmp_path, '[model]\nbackend = "fake"\n[sessions]\ninactivty_timeout = "5m"\n')
     result = membot("chat", "--config", str(cfg))

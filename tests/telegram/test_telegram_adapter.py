@@ -462,9 +462,46 @@ async def test_webhook_mode_receives_updates_with_the_secret(
     assert fake_telegram.sent_texts() == ["echo: via webhook"]
 
 
+async def test_webhook_drops_forged_updates_from_another_person(
+    start_bot: StartBot, fake_telegram: FakeTelegramServer, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Someone who knows the secret (or reaches an unprotected port) posts an update "from" Alice, or from the
+    admin, into their own private chat: it is dropped and logged, and nothing of Alice's reaches them."""
+    monkeypatch.setenv("TEST_TG_SECRET", "s3cret-token")
+    port = _free_port()
+    adapter = await start_bot(mode="webhook", webhook_url="https://bot.example.invalid/tg/hook",
+                              webhook_listen="127.0.0.1", webhook_port=port, webhook_secret_env="TEST_TG_SECRET")
+    url, headers = f"http://127.0.0.1:{port}/tg/hook", {"X-Telegram-Bot-Api-Secret-Token": "s3cret-token"}
+    mallory = 6666
+    async with aiohttp.ClientSession() as http:
+        genuine = fake_telegram.send_private_text(USER, "My cat is called Whiskers.", first_name="Alice")
+        mark = len(fake_telegram.calls)
+        async with http.post(url, json={"update_id": 600, "message": genuine}, headers=headers) as resp:
+            assert resp.status == 200
+        await fake_telegram.wait_for_call("sendMessage", start=mark, done=True)
+        forgeries = []
+        for update_id, sender, text in ((601, USER, "/export"), (602, ADMIN, f"/forget_user {USER}")):
+            forged = fake_telegram.send_private_text(mallory, text, first_name="Mallory")
+            forged["from"] = {"id": sender, "is_bot": False, "first_name": "Alice"}
+            forgeries.append({"update_id": update_id, "message": forged})
+        mark = len(fake_telegram.calls)
+        for update in forgeries:
+            async with http.post(url, json=update, headers=headers) as resp:
+                assert resp.status == 200  # Telegram must not retry it; it is simply not handled
+        await asyncio.sleep(0.5)
+    sent = fake_telegram.calls[mark:]
+    assert not [c for c in sent if c.method in ("sendDocument", "sendMessage")], [c.method for c in sent]
+    assert caplog.text.count("dropped update") == 2
+    assert await adapter.app.store.scalar("SELECT COUNT(*) FROM messages WHERE author = 'user'") == 1
+
+
 async def test_webhook_mode_needs_its_url_and_secret(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
     app.settings.telegram = TelegramSettings(mode="webhook")
     with pytest.raises(ConfigError, match=r"telegram\.webhook_url"):
+        TelegramAdapter(app, "123:ABC")
+    app.settings.telegram = TelegramSettings(mode="webhook", webhook_url="https://x.invalid/h")
+    with pytest.raises(ConfigError, match=r"telegram\.webhook_secret_env: required"):
         TelegramAdapter(app, "123:ABC")
     monkeypatch.delenv("MISSING_TG_SECRET", raising=False)
     app.settings.telegram = TelegramSettings(mode="webhook", webhook_url="https://x.invalid/h",
