@@ -172,3 +172,10 @@ def test_uncommenting_model_defaults_in_place_gives_the_defaults(tmp_path: Path)
     for key, value in defaults:
         if value is not None:
             assert getattr(model, key) == value, key
+
+
+def test_int4_says_beside_the_option_that_its_output_depends_on_the_batch() -> None:
+    """int4's greedy output changes with its batch neighbours; a user choosing it is told where they choose."""
+    text = EXAMPLE.read_text(encoding="utf-8")
+    block = text[: text.index('# quantize = "none"')].rsplit("\n\n", 1)[-1]
+    assert "not batch-invariant" in block and "int4" in block
