@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import signal
+from typing import Any
 
 from bot.config import Settings
-from bot.text import redact_in_logs
+from bot.text import redact, redact_in_logs
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +44,22 @@ async def run_platforms(settings: Settings) -> int:
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
             pass
-    adapters = []
+    adapters: list[Any] = []
     try:
         await app.start()
-        for platform, env_name in plans:
-            adapter = _build_adapter(platform, app, _token(env_name) or "")
-            await adapter.start()
-            adapters.append(adapter)
-            log.info("%s started", platform.title())
-        await stop.wait()
+        starters = [asyncio.create_task(_keep_starting(platform, app, _token(env_name) or "", stop, adapters),
+                                        name=f"start-{platform}") for platform, env_name in plans]
+        stopped = asyncio.create_task(stop.wait())
+        waiting: set[asyncio.Task[Any]] = {stopped, *starters}
+        try:
+            while stopped in waiting:
+                done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                for task in done - {stopped}:
+                    task.result()  # a platform that cannot start for good (a rejected token) stops membot
+        finally:
+            for task in waiting:
+                task.cancel()
+            await asyncio.gather(*waiting, return_exceptions=True)
         return 0
     finally:
         for adapter in reversed(adapters):
@@ -59,6 +68,42 @@ async def run_platforms(settings: Settings) -> int:
             except Exception:
                 log.exception("error while stopping an adapter")
         await app.close()
+
+
+RETRY_DELAYS = (2.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0)  # seconds; then every 300 s
+
+
+def unreachable(exc: BaseException) -> bool:
+    """A network failure at start (no route, refused, DNS, timeout): worth waiting for. A rejected token or a
+    configuration error is not."""
+    from telegram.error import NetworkError
+
+    if isinstance(exc, NetworkError | OSError | TimeoutError):
+        return True
+    name = type(exc).__module__ + "." + type(exc).__name__
+    return (name.startswith(("httpx.", "aiohttp.")) and "Connect" in name) or "Timeout" in name
+
+
+async def _keep_starting(platform: str, app: object, token: str, stop: asyncio.Event, started: list[Any]) -> None:
+    """Start one platform, retrying with back-off while it is unreachable; the others run meanwhile."""
+    for attempt in itertools.count():
+        adapter = _build_adapter(platform, app, token)
+        try:
+            await adapter.start()  # type: ignore[attr-defined]
+        except Exception as exc:
+            if not unreachable(exc):
+                raise
+            delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+            log.warning("%s is unreachable (%s); still waiting for it, next try in %.0f s", platform.title(),
+                        redact(str(exc)) or type(exc).__name__, delay)
+            try:
+                await asyncio.wait_for(stop.wait(), delay)
+                return
+            except TimeoutError:
+                continue
+        started.append(adapter)
+        log.info("%s started", platform.title())
+        return
 
 
 def _build_adapter(platform: str, app: object, token: str) -> object:
