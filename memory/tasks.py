@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -102,12 +103,22 @@ def fallback_facts(item: SessionInput, backbone: Sequence[str] = ()) -> list[str
     return [f"{speaker} said: {text[:300]}" for speaker, text in item.turns if speaker == item.user_name]
 
 
+def _forgotten(exc: sqlite3.IntegrityError) -> bool:
+    """A write about a person who was forgotten while the model worked: their rows are gone."""
+    return "FOREIGN KEY" in str(exc)
+
+
 async def _record_output(store: Store, job_id: int, user_pk: int, task: str, raw: str, reason: str, now: float) -> None:
-    async with store.write() as db:
-        await db.execute(
-            "INSERT INTO model_outputs(job_id, user_id, task, raw, flagged, reason, created) VALUES (?, ?, ?, ?, 1, ?, ?)",
-            (job_id, user_pk, task, raw, reason, now),
-        )
+    try:
+        async with store.write() as db:
+            await db.execute(
+                "INSERT INTO model_outputs(job_id, user_id, task, raw, flagged, reason, created) "
+                "VALUES (?, ?, ?, ?, 1, ?, ?)",
+                (job_id, user_pk, task, raw, reason, now),
+            )
+    except sqlite3.IntegrityError as exc:
+        if not _forgotten(exc):
+            raise
 
 
 async def _retry_later(store: Store, job_id: int, now: float) -> None:
@@ -188,22 +199,38 @@ async def write_session_memories(
                 facts = session_facts(job.item.user_name, job.backbone, lines, job.evidence, earlier=job.earlier)
             facts = [resolve_relative(f, job.started) for f in facts]
             now = clock()
-            async with store.write() as db:
-                cur = await db.execute(
-                    "INSERT INTO session_memories(session_id, user_id, private, session_time, facts, source, model, "
-                    "created) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(session_id) DO NOTHING",
-                    (job.session_id, job.user_pk, int(job.private), job.started, json.dumps(facts), source,
-                     generator.name, now),
-                )
-                await db.execute(
-                    "UPDATE jobs SET state = 'done', attempts = attempts + 1, updated = ?, last_error = ? WHERE id = ?",
-                    (now, None if source == "model" else "fallback memory after malformed outputs", job.job_id),
-                )
-                if cur.rowcount:
-                    await _queue_compression(db, job.user_pk, job.private, now)
+            if not await _save_session_memory(store, job, facts, source, generator.name, now):
+                continue
             report.written += 1
             report.items.append(job.session_id)
     return report
+
+
+async def _save_session_memory(
+    store: Store, job: _SessionJob, facts: list[str], source: str, model: str, now: float
+) -> bool:
+    """One session's memory and its job, in one transaction; False when the person was forgotten while the
+    model worked (their rows are gone: the job is dropped and the rest of the batch goes on)."""
+    try:
+        async with store.write() as db:
+            cur = await db.execute(
+                "INSERT INTO session_memories(session_id, user_id, private, session_time, facts, source, model, "
+                "created) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(session_id) DO NOTHING",
+                (job.session_id, job.user_pk, int(job.private), job.started, json.dumps(facts), source,
+                 model, now),
+            )
+            await db.execute(
+                "UPDATE jobs SET state = 'done', attempts = attempts + 1, updated = ?, last_error = ? WHERE id = ?",
+                (now, None if source == "model" else "fallback memory after malformed outputs", job.job_id),
+            )
+            if cur.rowcount:
+                await _queue_compression(db, job.user_pk, job.private, now)
+    except sqlite3.IntegrityError as exc:
+        if not _forgotten(exc):
+            raise
+        log.info("session-memory job %d dropped: its person was forgotten meanwhile", job.job_id)
+        return False
+    return True
 
 
 async def _postpone(store: Store, job_ids: Sequence[int], not_before: float, error: str) -> None:
@@ -325,8 +352,14 @@ async def compress_memories(
             memory = compose(job.history, name=job.item.user_name, bot_name=job.item.bot_name,
                              model_profile=parsed.profile, model_relationship=parsed.relationship,
                              max_events=job.item.max_events)
-            await _save_version(store, job, memory.profile, memory.relationship, memory.events, generator.name,
-                                flagged, clock())
+            try:
+                await _save_version(store, job, memory.profile, memory.relationship, memory.events,
+                                    generator.name, flagged, clock())
+            except sqlite3.IntegrityError as exc:
+                if not _forgotten(exc):
+                    raise
+                log.info("compression job %d dropped: its person was forgotten meanwhile", job.job_id)
+                continue
             report.written += 1
             report.items.append(job.user_pk)
     return report

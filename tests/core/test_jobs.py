@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from bot.app import App
@@ -169,3 +170,34 @@ async def test_relative_dates_are_written_as_dates(app: App, clock: ManualClock)
     await app.jobs.run_until_idle()
     facts = json.loads(await app.store.scalar("SELECT facts FROM session_memories"))
     assert any("7 May 2023" in f for f in facts)
+
+
+async def test_forget_during_a_job_batch_drops_that_persons_job_and_the_rest_completes(
+    settings, clock: ManualClock
+) -> None:
+    """`/forget` while the model writes a batch used to abort the whole batch (FOREIGN KEY failed), throwing
+    away and postponing another person's finished memory."""
+    backend = FakeBackend(delay=0.5)
+    app = await App.create(settings, backend=backend, clock=clock)
+    await app.start(schedule=False)
+    try:
+        await _sessions_for(app, ["alice", "bob"], clock)
+        await app.sessions.sweep()
+        run = asyncio.create_task(app.jobs.run_due(sweep=False))
+        for _ in range(500):  # until the model is writing both memories
+            if backend.calls:
+                break
+            await asyncio.sleep(0.01)
+        assert "Done" in await app.dispatcher.forget("telegram", "alice")
+        report = await run
+        assert report.session_memories.written == 1
+        owners = await app.store.fetchall(
+            "SELECT u.platform_user_id FROM session_memories m JOIN users u ON u.id = m.user_id")
+        assert [r[0] for r in owners] == ["bob"]
+        assert await app.store.scalar("SELECT COUNT(*) FROM jobs WHERE state = 'running'") == 0
+        await app.jobs.run_until_idle()
+        owners = await app.store.fetchall(
+            "SELECT u.platform_user_id FROM compressive_memories c JOIN users u ON u.id = c.user_id")
+        assert [r[0] for r in owners] == ["bob"]  # bob's memory is compressed; nothing is left of alice
+    finally:
+        await app.close()
