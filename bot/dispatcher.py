@@ -284,9 +284,13 @@ class Dispatcher:
             return "There was nothing stored about that user." if by_admin else "I had nothing stored about you."
         counts = await forget_user(self.store, user_pk)
         log.info("forgot a %s user (%d messages)", platform, counts.get("messages", 0))
+        later = "" if counts.get("erased", 1) else (
+            " Copies of some of it are still in the database's log while another reader finishes; they are "
+            "erased at the next memory-job run (within minutes).")
         if by_admin:
-            return f"Deleted everything about user {user_id}: {counts['messages']} message(s), {counts['sessions']} session(s)."
-        return "Done: I deleted everything I knew about you."
+            return (f"Deleted everything about user {user_id}: {counts['messages']} message(s), "
+                    f"{counts['sessions']} session(s).{later}")
+        return f"Done: I deleted everything I knew about you.{later}"
 
     async def end_session(self, platform: str, user_id: str, chat_id: str | None = None) -> str:
         user_pk = await self.sessions.find_user(platform, user_id)

@@ -76,12 +76,15 @@ RETRY_DELAYS = (2.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0)  # seconds; then every
 def unreachable(exc: BaseException) -> bool:
     """A network failure at start (no route, refused, DNS, timeout): worth waiting for. A rejected token or a
     configuration error is not."""
-    from telegram.error import NetworkError
-
-    if isinstance(exc, NetworkError | OSError | TimeoutError):
+    if isinstance(exc, OSError | TimeoutError):
         return True
-    name = type(exc).__module__ + "." + type(exc).__name__
-    return (name.startswith(("httpx.", "aiohttp.")) and "Connect" in name) or "Timeout" in name
+    # By name: platform libraries (python-telegram-bot, httpx, aiohttp) are imported by the adapters only.
+    for cls in type(exc).__mro__:
+        if cls.__module__.startswith("telegram") and cls.__name__ == "NetworkError":  # TimedOut is one too
+            return True
+        if cls.__module__.startswith(("httpx", "aiohttp")) and ("Connect" in cls.__name__ or "Timeout" in cls.__name__):
+            return True
+    return False
 
 
 async def _keep_starting(platform: str, app: object, token: str, stop: asyncio.Event, started: list[Any]) -> None:

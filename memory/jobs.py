@@ -118,6 +118,7 @@ class JobRunner:
         The summary is logged at DEBUG only: the scheduler logs it at INFO, and `membot jobs run` prints it,
         so it is said once."""
         async with self._lock:
+            await self.store.settle()
             closed = len(await self.sessions.sweep()) if sweep else 0
             memories = TaskReport()
             compressions = TaskReport()

@@ -39,7 +39,9 @@ async def forget_user(store: Store, user_pk: int) -> dict[str, int]:
         if user is not None:  # updates from them not handled yet (memory/inbox.py)
             await db.execute("DELETE FROM inbox WHERE platform = ? AND user_id = ?", (user[0], user[1]))
         await db.execute("INSERT INTO messages_fts(messages_fts) VALUES ('rebuild')")
-    await store.checkpoint()
+    # 1 when the deleted bytes have left the log too; 0 when a reader's snapshot kept the checkpoint from
+    # finishing (it is finished at the next memory-job run).
+    counts["erased"] = int(await store.checkpoint())
     return counts
 
 

@@ -59,6 +59,7 @@ class Store:
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
+        self.checkpoint_owed = False  # a forget's checkpoint that a reader's snapshot blocked
 
     @classmethod
     async def open(cls, path: Path | str) -> Store:
@@ -169,10 +170,26 @@ class Store:
                 (key, value),
             )
 
-    async def checkpoint(self) -> None:
-        """Fold the WAL back into the main file (used after forget, so deleted bytes leave the WAL)."""
-        async with self._lock:
-            await self.writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    async def checkpoint(self, *, tries: int = 5, pause: float = 0.2) -> bool:
+        """Fold the WAL back into the main file and truncate it (after forget and retention, so deleted bytes
+        leave the log). A reader holding an older snapshot makes SQLite answer `busy`: try again a few times;
+        if it still cannot finish, say so (False) and owe it: `settle()` finishes it later."""
+        for attempt in range(tries):
+            async with self._lock:
+                async with self.writer.execute("PRAGMA wal_checkpoint(TRUNCATE)") as cur:
+                    row = await cur.fetchone()
+            if row is not None and int(row[0]) == 0:
+                self.checkpoint_owed = False
+                return True
+            if attempt + 1 < tries:
+                await asyncio.sleep(pause)
+        self.checkpoint_owed = True
+        return False
+
+    async def settle(self) -> None:
+        """Finish a checkpoint that an earlier forget could not (the memory jobs call this on each run)."""
+        if self.checkpoint_owed and await self.checkpoint(tries=1):
+            log.info("the deferred checkpoint is done: forgotten data has left the database's log")
 
     async def integrity_ok(self) -> bool:
         row = await self.fetchone("PRAGMA integrity_check")

@@ -9,6 +9,7 @@ import ast
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -317,3 +318,30 @@ def test_with_a_model_server_only_that_server_is_contacted(tmp_path: Path) -> No
     assert seen == {("127.0.0.1", server.port)}
     assert not netaudit.foreign(log)
 
+
+
+async def test_forget_while_a_reader_holds_a_snapshot_says_so_and_erases_the_bytes_later(
+    app: App, settings: Settings, clock: ManualClock
+) -> None:
+    """`/forget` used to say "Done" although a reader's snapshot kept the checkpoint from folding the log
+    (the canary stayed in the files). Now it retries, says honestly that copies remain, and the next
+    memory-job run finishes the checkpoint."""
+    db = settings.storage.resolved_path()
+    canary = "ZQXSNAPSHOTCANARY"
+    for i in range(5):
+        await app.dispatcher.handle(_msg(A, f"{canary} number {i}"))
+    await app.dispatcher.handle(_msg(B, "QJVDMSECRETB1 stays"))
+    reader = sqlite3.connect(db, check_same_thread=False)  # e.g. `membot memory export` beside the bot
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT COUNT(*) FROM messages").fetchone()  # holds a snapshot from before the forget
+        answer = await app.dispatcher.forget("telegram", A)
+        assert answer.startswith("Done: I deleted everything") and "still in the database's log" in answer
+        assert app.store.checkpoint_owed
+    finally:
+        reader.close()
+    await app.jobs.run_due()
+    assert not app.store.checkpoint_owed
+    after = _db_bytes(db)
+    assert canary.encode() not in after and canary.lower().encode() not in after
+    assert b"QJVDMSECRETB1" in after
