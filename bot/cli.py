@@ -87,6 +87,14 @@ def _parser() -> argparse.ArgumentParser:
         if action == "forget":
             p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
+    db = sub.add_parser("db", parents=[common], help="check or back up the database")
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    db_sub.add_parser("check", parents=[common],
+                      help="check the whole database file (integrity and full-text index); exit 1 if damaged")
+    backup = db_sub.add_parser("backup", parents=[common],
+                               help="copy the database consistently (safe while the bot runs), readable by you only")
+    backup.add_argument("out", metavar="FILE", help="the new backup file (must not exist)")
+
     ev = sub.add_parser("eval", parents=[common], help="benchmarks of the memory")
     ev_sub = ev.add_subparsers(dest="eval_command", required=True, metavar="BENCHMARK")
     locomo = ev_sub.add_parser("locomo", parents=[common], help="replay LoCoMo conversations through the bot's pipeline",
@@ -169,6 +177,8 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return await _jobs_run(settings)
     if args.command == "memory":
         return await _memory(settings, args)
+    if args.command == "db":
+        return await asyncio.to_thread(_db, settings, args)
     if args.command == "eval":
         from memory.locomo.run import run_locomo_cli
 
@@ -227,6 +237,26 @@ class JobsProgress:
             self.stream.write("\r" + " " * self._shown + "\r")
             self.stream.flush()
             self._shown = 0
+
+
+def _db(settings: Settings, args: argparse.Namespace) -> int:
+    """`membot db check` / `membot db backup FILE`: on the file itself, without loading a model."""
+    from memory.store import backup_file, check_file
+
+    path = settings.storage.resolved_path()
+    if args.db_command == "check":
+        problems = check_file(path)
+        for problem in problems[:20]:
+            print(f"{path}: {problem}")
+        if problems:
+            print(f"membot: database {path} is damaged ({len(problems)} problem(s)); restore a backup",
+                  file=sys.stderr)
+            return 1
+        print(f"{path}: ok")
+        return 0
+    pages = backup_file(path, Path(args.out))
+    print(f"Backed up {path} to {args.out} ({pages} pages)")
+    return 0
 
 
 async def _jobs_run(settings: Settings) -> int:

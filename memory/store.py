@@ -43,12 +43,78 @@ async def _configure(conn: aiosqlite.Connection) -> None:
 def _private_file(path: Path) -> None:
     """The database holds private conversations: its folder, if membot makes it, is 0700 and the file 0600,
     whatever the umask. SQLite gives the -wal and -shm files the database file's permissions. A folder that
-    already exists is left as its owner set it (it may be shared, e.g. /srv)."""
+    already exists is left as its owner set it (it may be shared, e.g. /srv).
+
+    An existing file of 0 bytes is refused, never taken for a new database: that would silently replace a
+    person's whole memory with nothing (a truncated copy, a failed restore)."""
+    if path.exists() and path.stat().st_size == 0 and not Path(f"{path}-wal").exists():
+        raise StoreError(f"database {path} is empty (0 bytes), not a membot database; restore a backup "
+                         "(`membot db backup` makes one), or move the file away to start with no memory")
     if not path.parent.exists():
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         path.parent.chmod(0o700)  # mkdir's mode is filtered by the umask
+    fresh = not path.exists()
     os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
     os.chmod(path, 0o600)
+    if fresh:  # SQLite writes its header at the first write; until then a crash would leave 0 bytes
+        conn = sqlite3.connect(path)
+        try:
+            conn.execute("PRAGMA user_version = 0")
+            conn.execute("VACUUM")
+        finally:
+            conn.close()
+
+
+def _damaged(path: Path, detail: str) -> StoreError:
+    detail = " ".join(detail.replace("*** in database main ***", "").split())  # one line
+    return StoreError(f"database {path} is damaged: {detail}; restore a backup or run `membot db check`")
+
+
+def check_file(path: Path) -> list[str]:
+    """Every problem SQLite finds in the file (full integrity check, and the full-text index's own check);
+    an empty list when it is sound. Used by `membot db check`; changes nothing."""
+    if not path.exists():
+        return [f"{path} does not exist"]
+    if path.stat().st_size == 0:
+        return [f"{path} is empty (0 bytes)"]
+    problems: list[str] = []
+    try:  # read-write: the full-text index's check is issued as an INSERT command (it changes nothing)
+        conn = sqlite3.connect(path)
+    except sqlite3.Error as exc:
+        return [str(exc)]
+    try:
+        from memory.fts import register
+
+        register(conn)
+        problems += [r[0] for r in conn.execute("PRAGMA integrity_check") if r[0] != "ok"]
+        try:
+            conn.execute("INSERT INTO messages_fts(messages_fts, rank) VALUES ('integrity-check', 1)")
+        except sqlite3.Error as exc:
+            problems.append(f"full-text index: {exc}")
+    except sqlite3.Error as exc:
+        problems.append(str(exc))
+    finally:
+        conn.close()
+    return problems
+
+
+def backup_file(path: Path, out: Path) -> int:
+    """A consistent copy of the database made with SQLite's online backup API (safe while the bot runs),
+    readable by its owner only; returns its size in pages."""
+    if out.exists():
+        raise StoreError(f"{out} exists already; choose a new file for the backup")
+    src = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        os.close(os.open(out, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        os.chmod(out, 0o600)
+        dst = sqlite3.connect(out)
+        try:
+            src.backup(dst)
+            return int(dst.execute("PRAGMA page_count").fetchone()[0])
+        finally:
+            dst.close()
+    finally:
+        src.close()
 
 
 class Store:
@@ -72,6 +138,7 @@ class Store:
             _private_file(self.path)
         self._writer = await aiosqlite.connect(self.path, isolation_level=None)
         try:
+            await self._check()
             await _configure(self._writer)
             await self._migrate()
         except BaseException:
@@ -94,6 +161,21 @@ class Store:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    async def _check(self) -> None:
+        """A quick check at start (`PRAGMA quick_check`: every page readable and well formed, without the
+        slower index-content comparison), so a damaged file stops membot with one clear line instead of
+        apologies on every reply later."""
+        assert self._writer is not None
+        if str(self.path) == ":memory:":
+            return
+        try:
+            async with self._writer.execute("PRAGMA quick_check(1)") as cur:
+                row = await cur.fetchone()
+        except sqlite3.DatabaseError as exc:  # "file is not a database", "database disk image is malformed"
+            raise _damaged(self.path, str(exc)) from None
+        if row is None or row[0] != "ok":
+            raise _damaged(self.path, str(row[0]) if row else "no answer to quick_check")
 
     async def _migrate(self) -> None:
         assert self._writer is not None

@@ -81,7 +81,7 @@ def _kill_when(proc: subprocess.Popen[str], db: Path, sql: str, target: int, tim
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with sqlite3.connect(db, timeout=1) as conn:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:  # never creates it
                 if conn.execute(sql).fetchone()[0] >= target:
                     break
         except sqlite3.Error:

@@ -8,6 +8,7 @@ its WAL files 0600, the export 0600.
 from __future__ import annotations
 
 import os
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -51,8 +52,11 @@ def test_an_existing_database_is_made_private_but_a_shared_folder_is_left_alone(
     shared.mkdir(mode=0o755)
     shared.chmod(0o755)
     db = shared / "db.sqlite3"
-    db.touch()
-    db.chmod(0o644)  # e.g. made by an older membot
+    conn = sqlite3.connect(db)  # an existing database, e.g. made by an older membot
+    conn.execute("PRAGMA user_version = 0")
+    conn.execute("VACUUM")
+    conn.close()
+    db.chmod(0o644)
     config = tmp_path / "membot.toml"
     config.write_text(f'[storage]\npath = "{db}"\n[model]\nbackend = "fake"\n')
     assert _membot(config, "chat", "--user", "bob", stdin="hello\n").returncode == 0
