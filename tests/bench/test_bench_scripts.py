@@ -119,3 +119,16 @@ def test_personas_metric_flags_invented_terms() -> None:
     assert ok("Alice has a Labrador named Max.", own, {"alice"}, years) == ["labrador", "max"]
     assert ok("Alice is 12 years old.", own, {"alice"}, years) == ["12"]
     assert ok("Alice ran on 3 May 1999.", own, {"alice"}, years) == ["3 May 1999"]
+
+
+def test_gpu_decode_quick_runs_without_a_gpu() -> None:
+    """The GPU benchmark's prepared script must work the first time on a lent GPU: its --quick mode runs the
+    same code paths on CPU with a tiny model, and the CUDA-only variants say they were skipped."""
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_decode.py"), "--quick"], capture_output=True,
+                          text=True, timeout=300, cwd=REPO, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["quick"] is True and result["summary"]
+    for variants in result["summary"].values():
+        assert variants["generate"][2] == 1.0
+        assert str(variants["own_cuda_graphs"]).startswith("skipped")
