@@ -58,22 +58,18 @@ def test_transformers_without_a_name_is_a_configuration_error(tmp_path: Path, se
     assert not db.exists()
 
 
-def test_webhook_mode_without_url_stops_before_the_model_loads(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("telegram", "key"), [
+    ('mode = "webhook"\n', "telegram.webhook_url"),
+    # Without a secret anyone who reaches the port could post updates "from" any user.
+    ('mode = "webhook"\nwebhook_url = "https://bot.example.invalid/h"\n', "telegram.webhook_secret_env"),
+])
+def test_webhook_mode_without_url_or_secret_stops_before_the_model_loads(tmp_path: Path, telegram: str,
+                                                                         key: str) -> None:
     cfg, db, cache = _write(tmp_path, f'[model]\nbackend = "embedded"\ncache_dir = "{tmp_path / "model-cache"}"\n'
-                                      '[telegram]\nmode = "webhook"\n')
+                                      f"[telegram]\n{telegram}")
     result = membot("run", "--config", str(cfg), env={"TELEGRAM_BOT_TOKEN": "123:not-a-real-token"})
     assert result.returncode == 2
-    assert one_line(result).startswith(f"membot: configuration error: {cfg}: telegram.webhook_url: required")
-    assert not cache.exists() and not db.exists()
-
-
-def test_webhook_mode_without_a_secret_refuses_to_start(tmp_path: Path) -> None:
-    """Without a secret anyone who reaches the port could post updates "from" any user."""
-    cfg, db, cache = _write(tmp_path, f'[model]\nbackend = "embedded"\ncache_dir = "{tmp_path / "model-cache"}"\n'
-                                      '[telegram]\nmode = "webhook"\nwebhook_url = "https://bot.example.invalid/h"\n')
-    result = membot("run", "--config", str(cfg), env={"TELEGRAM_BOT_TOKEN": "123:not-a-real-token"})
-    assert result.returncode == 2
-    assert one_line(result).startswith(f"membot: configuration error: {cfg}: telegram.webhook_secret_env: required")
+    assert one_line(result).startswith(f"membot: configuration error: {cfg}: {key}: required")
     assert not cache.exists() and not db.exists()
 
 
