@@ -110,9 +110,9 @@ def _name_object(text: str, name: str) -> str:
     if text.startswith(name + " "):
         text = re.sub(r"\bmy\b", "their", text, flags=re.IGNORECASE)
         text = re.sub(r"\bmyself\b", "themselves", text, flags=re.IGNORECASE)
-    text = re.sub(r"\bmy\b", f"{name}'s", text, flags=re.IGNORECASE)
-    text = re.sub(r"\b(?:mine)\b", f"{name}'s", text, flags=re.IGNORECASE)
-    return re.sub(r"\b(?:me|myself)\b", name, text, flags=re.IGNORECASE)
+    # Replacements as functions: a display name may hold a backslash, which re.sub would read as an escape.
+    text = re.sub(r"\b(?:my|mine)\b", lambda _: f"{name}'s", text, flags=re.IGNORECASE)
+    return re.sub(r"\b(?:me|myself)\b", lambda _: name, text, flags=re.IGNORECASE)
 
 
 def _subject_i(rest: str, name: str) -> str | None:

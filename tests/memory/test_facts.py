@@ -108,3 +108,7 @@ def test_compose_builds_profile_and_events_from_facts_and_drops_unsupported_mode
     assert "Lyon" not in memory.profile + memory.events  # superseded by the move
     assert memory.events.splitlines() == ["2 May 2026: Alice ran a 10k race yesterday (1 May 2026).",
                                           "9 May 2026: Alice moved to Paris."]
+
+
+def test_a_display_name_with_a_backslash_is_used_as_written() -> None:
+    assert extract("J\\1", ["My sister Ana visits me often."]) == ["J\\1's sister Ana visits J\\1 often."]
