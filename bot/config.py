@@ -135,6 +135,19 @@ class TelegramSettings(Section):
     streaming: bool = False
     poll_timeout: int = Field(30, ge=0, le=60)
 
+    def webhook_problem(self) -> str | None:
+        """What webhook mode lacks, as the one line to show, or None. Checked when the file is read and again
+        by the adapter, for settings that code builds without reading a file."""
+        if self.mode != "webhook":
+            return None
+        if not self.webhook_url:
+            return 'telegram.webhook_url: required when telegram.mode = "webhook" (the public HTTPS URL Telegram calls)'
+        if not self.webhook_secret_env:
+            # Without a secret anyone who reaches the port can post updates "from" any user.
+            return ('telegram.webhook_secret_env: required when telegram.mode = "webhook" (the name of a variable '
+                    "holding a random secret, so that only Telegram can post updates)")
+        return None
+
 
 class DiscordSettings(Section):
     token_env: str = "DISCORD_BOT_TOKEN"
@@ -182,21 +195,12 @@ class Settings(Section):
 
     @model_validator(mode="after")
     def _check_telegram_webhook(self, info: ValidationInfo) -> Settings:
-        """Webhook mode cannot start without its public URL; checked when the file is read, so `membot run`
-        stops at once rather than after the model has loaded. Skipped when code assigns a section later
-        (`info.field_name` set): the Telegram adapter repeats the check for settings built that way."""
-        if info.field_name is None and self.telegram.mode == "webhook" and not self.telegram.webhook_url:
-            raise PydanticCustomError(
-                "missing_webhook_url",
-                'telegram.webhook_url: required when telegram.mode = "webhook" (the public HTTPS URL Telegram calls)',
-            )
-        if info.field_name is None and self.telegram.mode == "webhook" and not self.telegram.webhook_secret_env:
-            # Without a secret anyone who reaches the port can post updates "from" any user.
-            raise PydanticCustomError(
-                "missing_webhook_secret",
-                'telegram.webhook_secret_env: required when telegram.mode = "webhook" (the name of a variable '
-                "holding a random secret, so that only Telegram can post updates)",
-            )
+        """Webhook mode cannot start without its public URL and secret; checked when the file is read, so
+        `membot run` stops at once rather than after the model has loaded. Skipped when code assigns a section
+        later (`info.field_name` set): the Telegram adapter repeats the check for settings built that way."""
+        problem = self.telegram.webhook_problem() if info.field_name is None else None
+        if problem:
+            raise PydanticCustomError("webhook", problem)
         return self
 
     @model_validator(mode="after")

@@ -351,10 +351,10 @@ class TelegramAdapter:
 
     def _webhook_options(self) -> dict[str, Any]:
         s = self.settings
-        if not s.webhook_url:
-            raise ConfigError('telegram.webhook_url: required when telegram.mode = "webhook"')
-        if not s.webhook_secret_env:
-            raise ConfigError('telegram.webhook_secret_env: required when telegram.mode = "webhook"')
+        problem = s.webhook_problem()
+        if problem:
+            raise ConfigError(problem)
+        assert s.webhook_url and s.webhook_secret_env
         secret = os.environ.get(s.webhook_secret_env, "").strip()
         if not secret:
             raise ConfigError(f"telegram.webhook_secret_env: the environment variable {s.webhook_secret_env} "

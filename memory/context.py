@@ -10,17 +10,16 @@ Strategies (all under the same budget, counted with the reply model's tokenizer)
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from memory.dates import format_date, resolve_relative
+from memory.facts import sentences
 from memory.retrieval import search_user_messages
 from memory.store import Store
 from models.profiles.base import ReplyInput, content_words
 
 CountTokens = Callable[[str], int]
-_SENTENCES = re.compile(r"(?<=[.!?])\s+")
 STRATEGIES = ("none", "recent", "sessions", "compressive", "hybrid")
 
 
@@ -37,8 +36,8 @@ class CompressiveMemory:
         the message first, then the newest; printed in their own order. Empty parts are left out, and a
         profile longer than the budget gives way to what the message asks about."""
         parts = {
-            "p": [s for s in _SENTENCES.split(self.profile.strip()) if s.strip()],
-            "r": [s for s in _SENTENCES.split(self.relationship.strip()) if s.strip()],
+            "p": sentences(self.profile),
+            "r": sentences(self.relationship),
             "e": [e for e in self.events.splitlines() if e.strip()],
         }
         wanted = content_words(query)

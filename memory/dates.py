@@ -12,8 +12,7 @@ def to_datetime(ts: float) -> datetime:
 
 
 def format_date(ts: float) -> str:
-    d = to_datetime(ts)
-    return f"{d.day} {d:%B %Y}"
+    return _day(to_datetime(ts))
 
 
 def format_datetime(ts: float) -> str:

@@ -110,8 +110,8 @@ class Evidence:
         for text, when in turns:
             texts.append(text)
             dates.add(format_date(when))
-            dates.update(_DATE.findall(resolve_relative(text, when)))
-            dates.update(_YEAR_NOTE.findall(resolve_relative(text, when)))
+            resolved = resolve_relative(text, when)
+            dates.update(_DATE.findall(resolved) + _YEAR_NOTE.findall(resolved))
         base = cls.from_texts(texts, names=names, bot=bot)
         return Evidence(base.units, base.names, frozenset(dates), base.bot)
 
@@ -181,6 +181,3 @@ class Evidence:
         if together and not any(self._together(u, specific, content, whole) for u in self.units):
             return Verdict(False, "its words were never said together")
         return Verdict(True)
-
-    def supported(self, lines: Iterable[str]) -> list[str]:
-        return [line for line in lines if self.check(line).supported]

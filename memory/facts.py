@@ -40,19 +40,6 @@ _FRONT_TIME = re.compile(
 )
 
 
-def _clauses(sentence: str) -> list[str]:
-    """Split where a new statement starts, but never leave a piece without a verb ("my first one")."""
-    pieces: list[str] = []
-    start = 0
-    for m in _CLAUSE_BREAK.finditer(sentence):
-        left, right = sentence[start : m.start()], sentence[m.end() :]
-        nxt = _CLAUSE_BREAK.search(right)
-        right_piece = right[: nxt.start()] if nxt else right
-        if _VERBISH.search(left) and _VERBISH.search(right_piece):
-            pieces.append(left)
-            start = m.end()
-    pieces.append(sentence[start:])
-    return pieces
 _LEADING = re.compile(
     r"^(?:(?:actually|well|so|oh|also|and|but|no|nope|wait|anyway|btw|by the way|yeah|yes|ok|okay|hi|hey|"
     r"hello|morning|good morning|yo|oops|sorry|correction|update|fun fact|guess what)\b[\s,!.:-]*)+",
@@ -89,6 +76,21 @@ _JOBS = frozenset(
     secretary receptionist cleaner gardener hairdresser butcher tailor actor actress singer dancer coach
     banker clerk editor midwife nanny carer caregiver""".split()
 )
+
+
+def _clauses(sentence: str) -> list[str]:
+    """Split where a new statement starts, but never leave a piece without a verb ("my first one")."""
+    pieces: list[str] = []
+    start = 0
+    for m in _CLAUSE_BREAK.finditer(sentence):
+        left, right = sentence[start : m.start()], sentence[m.end() :]
+        nxt = _CLAUSE_BREAK.search(right)
+        right_piece = right[: nxt.start()] if nxt else right
+        if _VERBISH.search(left) and _VERBISH.search(right_piece):
+            pieces.append(left)
+            start = m.end()
+    pieces.append(sentence[start:])
+    return pieces
 
 
 def _third_person_verb(verb: str) -> str:
@@ -144,8 +146,7 @@ _AUXILIARIES = [
 
 def _statement(clause: str, name: str) -> str | None:
     """One first-person clause as a third-person fact, or None when it is not a statement about oneself."""
-    clause = _LEADING.sub("", clause.strip()).strip(" ,-")
-    clause = clause.replace("\u2019", "'")
+    clause = clause.strip(" ,-").replace("\u2019", "'")
     if not clause or _HEDGES.match(clause):
         return None
     if re.search(r"\b(?:you|your|yours|you're|you've|u|ur)\b", clause, re.IGNORECASE):
@@ -220,7 +221,7 @@ def extract(name: str, messages: Sequence[str], *, earlier: Sequence[str] = ()) 
                 if not clause:
                     continue
                 fact = None
-                ref = _REF_NAME.match(_LEADING.sub("", clause).strip())
+                ref = _REF_NAME.match(clause)
                 if ref:
                     thing = _last_thing(said) or _last_thing(_facts_things(earlier))
                     if thing:
@@ -327,8 +328,12 @@ def split_profile_events(dated: Iterable[tuple[str, Sequence[str]]], name: str) 
     profile: list[str] = []
     events: list[str] = []
     for date, facts in dated:
-        happened = [f for f in facts if is_event(f, name)]
-        profile += [f for f in facts if not is_event(f, name) and f not in profile]
+        happened: list[str] = []
+        for fact in facts:
+            if is_event(fact, name):
+                happened.append(fact)
+            elif fact not in profile:
+                profile.append(fact)
         if happened:
             events.append(f"{date}: " + " ".join(happened))
     return profile, events
@@ -337,6 +342,11 @@ def split_profile_events(dated: Iterable[tuple[str, Sequence[str]]], name: str) 
 # ---- what is stored ----------------------------------------------------------------------------------------
 
 _SPLIT_SENTENCES = re.compile(r"(?<=[.!?])\s+")
+
+
+def sentences(text: str) -> list[str]:
+    """The sentences of a profile or relationship text, as stored here and read back by the reply context."""
+    return [part for part in _SPLIT_SENTENCES.split(text.strip()) if part.strip()]
 
 
 def _key_words(text: str) -> set[str]:
@@ -394,10 +404,10 @@ def compose(
     profile, events = split_profile_events(facts, name)
     evidence = Evidence.from_texts([f for _, fs in facts for f in fs], names=(name,), bot=bot_name)
     extra: list[str] = []
-    for sentence in _SPLIT_SENTENCES.split(model_profile.strip()):
-        if sentence and evidence.check(sentence, whole=True).supported and not covered(sentence, profile + extra, name):
+    for sentence in sentences(model_profile):
+        if evidence.check(sentence, whole=True).supported and not covered(sentence, profile + extra, name):
             extra.append(sentence)
     # A relationship sentence is about the two of them: it names the bot, and the facts support the rest.
-    relationship = [s for s in _SPLIT_SENTENCES.split(model_relationship.strip())
-                    if s and bot_name.lower() in s.lower() and evidence.check(s, whole=True).supported]
+    relationship = [s for s in sentences(model_relationship)
+                    if bot_name.lower() in s.lower() and evidence.check(s, whole=True).supported]
     return Composed(" ".join(profile + extra), " ".join(relationship), "\n".join(events[-max_events:]))

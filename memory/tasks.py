@@ -70,8 +70,9 @@ class _SessionJob:
 
 
 async def _load_session(
-    store: Store, session_id: int, bot_name: str
-) -> tuple[int, bool, float, SessionInput, tuple[str, ...], Evidence, tuple[str, ...]] | None:
+    store: Store, job_id: int, session_id: int, attempts: int, bot_name: str
+) -> _SessionJob | None:
+    """A claimed job's session, with the person's own words and earlier facts; None when they were forgotten."""
     row = await store.fetchone(
         "SELECT s.user_id, s.private, s.started, u.display_name, u.platform_user_id FROM sessions s "
         "JOIN users u ON u.id = s.user_id WHERE s.id = ?",
@@ -93,7 +94,8 @@ async def _load_session(
     earlier = [f for r in earlier_rows for f in json.loads(r[0])]
     backbone = tuple(extract(user_name, [text for text, _ in own], earlier=earlier))
     evidence = Evidence.from_turns(own, names=(user_name,), bot=bot_name)
-    return user_pk, bool(row[1]), float(row[2]), item, backbone, evidence, tuple(earlier)
+    return _SessionJob(job_id, session_id, user_pk, attempts, bool(row[1]), float(row[2]), item, backbone, evidence,
+                       tuple(earlier))
 
 
 def fallback_facts(item: SessionInput, backbone: Sequence[str] = ()) -> list[str]:
@@ -161,12 +163,12 @@ async def write_session_memories(
         row = await store.fetchone("SELECT key, user_id, attempts FROM jobs WHERE id = ?", (job_id,))
         if row is None:
             continue
-        loaded = await _load_session(store, int(row[0]), bot_name)
-        if loaded is None:  # the person was forgotten meanwhile
+        job = await _load_session(store, job_id, int(row[0]), int(row[2]), bot_name)
+        if job is None:  # the person was forgotten meanwhile
             async with store.write() as db:
                 await db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
             continue
-        jobs.append(_SessionJob(job_id, int(row[0]), loaded[0], int(row[2]), *loaded[1:]))
+        jobs.append(job)
 
     by_attempt: dict[int, list[_SessionJob]] = {}
     for job in jobs:
