@@ -299,7 +299,7 @@ async def _memory(settings: Settings, args: argparse.Namespace) -> int:
                 if answer.strip().lower() not in ("y", "yes"):
                     print("Nothing was deleted.")
                     return 1
-            print(await d.forget(args.platform, args.user, by_admin=True))
+            print(await d.erase(args.platform, args.user, by_admin=True))
         return 0
     finally:
         await app.close()

@@ -152,6 +152,7 @@ class TelegramSettings(Section):
 class DiscordSettings(Section):
     token_env: str = "DISCORD_BOT_TOKEN"
     guild_ids: list[int] = Field(default_factory=list)
+    owner_ids: list[int] = Field(default_factory=list)
     message_content_intent: bool = False
     streaming: bool = False
     api_base_url: str | None = None

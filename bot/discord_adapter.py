@@ -36,7 +36,8 @@ from discord.http import Route
 from bot.dispatcher import ADMIN_COMMANDS, USER_COMMANDS
 from bot.incoming import IncomingMessage, Reply
 from bot.text import redact_in_logs
-from memory.channels import always_reply_chats
+from memory.channels import always_reply_chats, place_in_server
+from memory.store import StoreError
 
 if TYPE_CHECKING:
     from bot.app import App
@@ -251,6 +252,9 @@ class MembotClient(discord.Client):
     async def on_message(self, message: discord.Message) -> None:
         await self.adapter.on_message(message)
 
+    async def on_guild_available(self, guild: discord.Guild) -> None:
+        await self.adapter.note_server(guild)
+
 
 class DiscordAdapter:
     """Runs the Discord bot on the shared app (one store, one model worker) next to other platforms."""
@@ -268,6 +272,7 @@ class DiscordAdapter:
         self.edit_interval = EDIT_INTERVAL
         self._task: asyncio.Task[None] | None = None
         self._saved_urls: tuple[str, yarl.URL] | None = None
+        self._operators: set[int] | None = None
         register_commands(self.client.tree, self)
 
     # -- lifecycle ----------------------------------------------------------------------------------
@@ -339,6 +344,32 @@ class DiscordAdapter:
                 "Discord only sends the text of messages that mention the bot", len(self.always_reply),
             )
         await self.sync_commands()
+
+    async def is_operator(self, user_id: int) -> bool:
+        """The bot's operator, who may act on every server and DM: `discord.owner_ids` when set, otherwise
+        the application's owner, or its team's admins and developers (discord.py's `Bot.is_owner` rule)."""
+        if self.settings.owner_ids:
+            return user_id in self.settings.owner_ids
+        if self._operators is None:
+            app = self.client.application or await self.client.application_info()
+            if app.team is not None:
+                roles = (discord.TeamMemberRole.admin, discord.TeamMemberRole.developer)
+                self._operators = {m.id for m in app.team.members if m.role in roles}
+            else:
+                self._operators = {app.owner.id}
+        return user_id in self._operators
+
+    async def note_server(self, guild: discord.Guild) -> None:
+        """Chats stored before membot knew servers (schema 6) learn theirs when the server comes online, so a
+        server admin's `/admin forget-user` and `stats` reach them too."""
+        ids = [str(c.id) for c in guild.channels] + [str(t.id) for t in guild.threads]
+        try:
+            placed = await place_in_server(self.app.store, PLATFORM, str(guild.id), ids)
+        except (StoreError, OSError) as exc:
+            log.warning("Discord: could not note server %s's channels: %s", guild.id, exc)
+            return
+        if placed:
+            log.info("Discord: %d earlier chat(s) placed in server %s", placed, guild.id)
 
     # -- command sync ---------------------------------------------------------------------------------
 
@@ -426,6 +457,7 @@ class DiscordAdapter:
             platform=PLATFORM, user_id=str(message.author.id), display_name=message.author.display_name,
             chat_id=str(message.channel.id), chat_kind=kind, text=self.message_text(message),
             message_id=str(message.id), chat_title=title, is_admin=False, time=None,
+            server_id=None if guild is None else str(guild.id),
         )
 
     def message_text(self, message: discord.Message) -> str:

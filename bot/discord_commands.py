@@ -5,6 +5,11 @@ Slow commands defer with `thinking=True` first, so Discord's 3-second limit neve
 group is hidden from members without Manage Server (`default_permissions`) and *enforced* on every call
 (`checks.has_permissions`, plus the group's own check), so a member who calls it anyway, an outdated
 client, or a server that changed the command's visibility still gets a refusal, never the action.
+
+Manage Server is power over one server, so `/admin` acts on that server's data only: `stats` counts it,
+`forget-user` deletes what the member said there. What reaches every server and DM (`everywhere:`, and
+`compress-now`, which runs everyone's memory jobs) is the bot operator's: `discord.owner_ids`, or else
+the application's owner or its team's admins and developers (discord.py's `Bot.is_owner` rule).
 Commands call the dispatcher's methods directly; nothing goes through text parsing.
 """
 
@@ -34,6 +39,10 @@ CONFIRM_TIMEOUT = 120.0
 REFUSE_DM = "This command only works in a server."
 REFUSE_ADMIN = "Only server admins can use this command: it needs the Manage Server permission."
 REFUSE_CHECK = "You can't use this command here."
+REFUSE_OPERATOR = (
+    "Only the bot's operator can do that: it acts on every server and DM. As a server admin you act on this "
+    "server's data (leave `everywhere` off)."
+)
 OUTDATED = "That command is out of date. Discord refreshes its list shortly; please try again in a minute."
 STORAGE_DOWN = "Sorry, that didn't work because storage is unavailable. Please try again later."
 BROKEN = "Sorry, something went wrong with that command."
@@ -71,6 +80,17 @@ class AdminGroup(app_commands.Group):
         return True
 
 
+class NotOperator(app_commands.CheckFailure):
+    """A server admin asked for something that reaches beyond their server."""
+
+
+async def require_operator(adapter: DiscordAdapter, interaction: discord.Interaction) -> None:
+    if not await adapter.is_operator(interaction.user.id):
+        log.warning("Discord user %s (server %s) was refused an operator action", interaction.user.id,
+                    interaction.guild_id)
+        raise NotOperator(REFUSE_OPERATOR)
+
+
 class ForgetConfirm(discord.ui.View):
     """The ephemeral confirmation of `/memory forget`: only the person who asked can press it, once."""
 
@@ -102,11 +122,7 @@ class ForgetConfirm(discord.ui.View):
         self.stop()
         # Answer within Discord's 3 seconds first: deleting rebuilds the search index and may take longer.
         await interaction.response.edit_message(content="Deleting…", view=None, allowed_mentions=NO_MENTIONS)
-        try:
-            result = await self.adapter.dispatcher.forget(PLATFORM, str(self.owner_id))
-        except (StoreError, OSError) as exc:
-            log.error("forget failed: %s", exc)
-            result = STORAGE_DOWN
+        result = await self.adapter.dispatcher.forget(PLATFORM, str(self.owner_id))
         await interaction.edit_original_response(content=result, allowed_mentions=NO_MENTIONS)
 
     @discord.ui.button(label="Keep my data", style=discord.ButtonStyle.secondary)
@@ -184,27 +200,43 @@ def register_commands(tree: app_commands.CommandTree[Any], adapter: DiscordAdapt
     )
     channel = AdminGroup(name="channel", description="Where I talk without being mentioned", parent=admin)
 
-    @admin.command(name="stats", description="Users, sessions, messages, queued memory jobs, model")
+    @admin.command(name="stats", description="People, conversations and messages in this server")
+    @app_commands.describe(everywhere="The whole bot's counts (the bot's operator only)")
     @app_commands.checks.has_permissions(manage_guild=True)
-    async def admin_stats(interaction: discord.Interaction) -> None:
+    async def admin_stats(interaction: discord.Interaction, everywhere: bool = False) -> None:
+        if everywhere:
+            await require_operator(adapter, interaction)
         await interaction.response.defer(ephemeral=True, thinking=True)
-        await respond(interaction, await dispatcher.stats())
+        if everywhere:
+            await respond(interaction, await dispatcher.stats())
+        else:
+            await respond(interaction, await dispatcher.server_stats(PLATFORM, str(interaction.guild_id)))
 
-    @admin.command(name="compress-now", description="Write the due session memories and compress them now")
+    @admin.command(name="compress-now", description="Run everyone's due memory jobs now (the bot's operator only)")
     @app_commands.checks.has_permissions(manage_guild=True)
     async def admin_compress_now(interaction: discord.Interaction) -> None:
+        await require_operator(adapter, interaction)
         await interaction.response.defer(ephemeral=True, thinking=True)
-        log.info("Discord admin %s ran compress-now in server %s", interaction.user.id, interaction.guild_id)
+        log.info("Discord operator %s ran compress-now in server %s", interaction.user.id, interaction.guild_id)
         await respond(interaction, await dispatcher.compress_now())
 
-    @admin.command(name="forget-user", description="Delete everything stored about a member")
-    @app_commands.describe(member="The member whose messages and memories are deleted")
+    @admin.command(name="forget-user", description="Delete what a member said in this server, and its memories")
+    @app_commands.describe(member="The member whose messages and memories from this server are deleted",
+                           everywhere="Every server and their DMs too (the bot's operator only)")
     @app_commands.checks.has_permissions(manage_guild=True)
-    async def admin_forget_user(interaction: discord.Interaction, member: discord.Member) -> None:
+    async def admin_forget_user(interaction: discord.Interaction, member: discord.Member,
+                                everywhere: bool = False) -> None:
+        if everywhere:
+            await require_operator(adapter, interaction)
         await interaction.response.defer(ephemeral=True, thinking=True)
-        log.info("Discord admin %s forgot user %s in server %s", interaction.user.id, member.id,
-                 interaction.guild_id)
-        await respond(interaction, await dispatcher.forget(PLATFORM, str(member.id), by_admin=True))
+        log.info("Discord admin %s forgot user %s %s", interaction.user.id, member.id,
+                 "everywhere" if everywhere else f"in server {interaction.guild_id}")
+        if everywhere:
+            text = await dispatcher.forget(PLATFORM, str(member.id), by_admin=True)
+        else:
+            text = await dispatcher.forget_in_server(PLATFORM, str(member.id), str(interaction.guild_id),
+                                                     label=member.display_name)
+        await respond(interaction, text)
 
     async def set_channel(interaction: discord.Interaction, target: Any, enabled: bool) -> None:
         target = target or interaction.channel
@@ -259,6 +291,8 @@ def refusal_text(error: app_commands.AppCommandError) -> str:
         return REFUSE_DM
     if isinstance(error, app_commands.MissingPermissions):
         return REFUSE_ADMIN
+    if isinstance(error, NotOperator):
+        return REFUSE_OPERATOR
     if isinstance(error, app_commands.CheckFailure):
         return REFUSE_CHECK
     if isinstance(error, app_commands.CommandNotFound | app_commands.CommandSignatureMismatch):

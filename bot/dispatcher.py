@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import sqlite3
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -19,8 +20,9 @@ from bot.incoming import IncomingMessage, Reply
 from bot.text import clean_incoming, defuse_mentions
 from memory.context import ContextBuilder, latest_compressive
 from memory.jobs import JobRunner
-from memory.privacy import export_user, forget_user
+from memory.privacy import export_user, forget_user, forget_user_in_server
 from memory.sessions import SessionManager
+from memory.stats import bot_counts, server_counts
 from memory.store import Store, StoreError
 from models.base import BackendError, Prompt
 from models.profiles.base import Profile
@@ -120,7 +122,7 @@ class Dispatcher:
             recorded = await self.sessions.record_user_message(
                 platform=msg.platform, user_id=msg.user_id, display_name=name,
                 chat_id=msg.chat_id, chat_kind=msg.chat_kind, chat_title=clean_incoming(msg.chat_title, 200)[0],
-                text=text, platform_message_id=msg.message_id, when=msg.time,
+                text=text, platform_message_id=msg.message_id, when=msg.time, server_id=msg.server_id,
             )
         except (StoreError, OSError) as exc:
             log.error("could not store a message: %s", exc)
@@ -165,6 +167,8 @@ class Dispatcher:
             return Reply(APOLOGY, kind="apology")
         try:
             await self.sessions.record_bot_message(recorded, answer)
+        except sqlite3.IntegrityError:  # a server admin deleted the conversation while the model wrote
+            log.info("a reply was not stored: its conversation was deleted meanwhile")
         except (StoreError, OSError) as exc:
             log.error("could not store a reply: %s", exc)
         note = f"(Your message was long, so I kept the first {self.settings.max_message_chars} characters.)\n" if cut else ""
@@ -277,6 +281,18 @@ class Dispatcher:
         return {} if user_pk is None else await export_user(self.store, user_pk)
 
     async def forget(self, platform: str, user_id: str, *, by_admin: bool = False) -> str:
+        """`erase` for a chat: a storage failure (a full disk) is answered, never raised, so the chat goes on.
+
+        The deletion is one transaction, so when it fails nothing was deleted, and the answer says so."""
+        try:
+            return await self.erase(platform, user_id, by_admin=by_admin)
+        except (StoreError, OSError) as exc:
+            log.error("forget failed: %s", exc)
+            reason = str(exc) if isinstance(exc, StoreError) else "storage is unavailable"
+            return f"Sorry, nothing was deleted: {reason}. Please try again later."
+
+    async def erase(self, platform: str, user_id: str, *, by_admin: bool = False) -> str:
+        """Delete everything about a person; raises StoreError when storage fails (the CLI exits non-zero)."""
         for task in list(self._inflight.pop((platform, user_id), ())):
             task.cancel()
         user_pk = await self.sessions.find_user(platform, user_id)
@@ -303,19 +319,43 @@ class Dispatcher:
         return "Conversation ended. I'll write it into my memory of you shortly."
 
     async def stats(self) -> str:
-        q = self.store.scalar
-        users = await q("SELECT COUNT(*) FROM users")
-        open_sessions = await q("SELECT COUNT(*) FROM sessions WHERE state = 'open'")
-        messages = await q("SELECT COUNT(*) FROM messages")
-        jobs = await q("SELECT COUNT(*) FROM jobs WHERE state IN ('pending', 'running')")
-        failed = await q("SELECT COUNT(*) FROM model_outputs WHERE flagged = 1")
-        versions = await q("SELECT COUNT(*) FROM compressive_memories")
+        """The whole bot's counts: for its operator only."""
+        c = await bot_counts(self.store)
         return (
-            f"Users: {users}\nOpen sessions: {open_sessions}\nMessages: {messages}\n"
-            f"Queued memory jobs: {jobs}\nCompressive memory versions: {versions}\n"
-            f"Flagged model outputs: {failed}\nModel: {self.worker.name} on {self.worker.device}\n"
+            f"Users: {c.users}\nOpen sessions: {c.open_sessions}\nMessages: {c.messages}\n"
+            f"Queued memory jobs: {c.queued_jobs}\nCompressive memory versions: {c.memory_versions}\n"
+            f"Flagged model outputs: {c.flagged_outputs}\nModel: {self.worker.name} on {self.worker.device}\n"
             f"Model queue: {self.worker.queued()}"
         )
+
+    async def server_stats(self, platform: str, server: str) -> str:
+        """One server's counts, for its admins: nothing about DMs or other servers, not even totals."""
+        c = await server_counts(self.store, platform, server)
+        return (
+            f"In this server:\nPeople who talked with me: {c.people}\nOpen conversations: {c.open_sessions}\n"
+            f"Messages (theirs and mine): {c.messages}\nConversations remembered: {c.remembered_sessions}\n"
+            f"Conversations waiting to be remembered: {c.waiting_sessions}\nModel: {self.worker.name}"
+        )
+
+    async def forget_in_server(self, platform: str, user_id: str, server: str, *, label: str = "") -> str:
+        """A server admin's forget: what the person said in that server only (memory/privacy.py)."""
+        who = label or f"user {user_id}"
+        user_pk = await self.sessions.find_user(platform, user_id)
+        try:
+            counts = {"sessions": 0} if user_pk is None else await forget_user_in_server(
+                self.store, user_pk, platform, server, self.sessions.clock())
+        except (StoreError, OSError) as exc:
+            log.error("server forget failed: %s", exc)
+            reason = str(exc) if isinstance(exc, StoreError) else "storage is unavailable"
+            return f"Sorry, nothing was deleted: {reason}. Please try again later."
+        if not counts["sessions"]:
+            return f"There was nothing stored about {who} in this server."
+        log.info("forgot a %s user's data in one server (%d messages)", platform, counts["messages"])
+        later = "" if counts.get("erased", 1) else (
+            " Copies of some of it stay in the database's log until the next memory-job run.")
+        return (f"Deleted what {who} said in this server: {counts['messages']} message(s), "
+                f"{counts['sessions']} conversation(s), and the memories written from them. Their DMs and other "
+                f"servers are not touched; only the bot's operator can delete everything about them.{later}")
 
     async def compress_now(self) -> str:
         report = await self.jobs.run_due()

@@ -20,6 +20,8 @@ class IncomingMessage:
     chat_title: str = ""
     is_admin: bool = False
     time: float | None = None
+    # The server (Discord guild) the chat is in; None for DMs and platforms without servers.
+    server_id: str | None = None
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Per-chat settings an admin controls, platform-free: where the bot talks without being addressed.
+"""Per-chat settings an admin controls, platform-free: where the bot talks without being addressed, and
+which server a chat belongs to (what a server's admins may act on).
 
 `chats.always_reply` (migration 2) marks a group or server channel where the bot answers every message,
 not only those that mention it or reply to it. A chat row may not exist yet when an admin enables a
@@ -25,6 +26,21 @@ async def set_always_reply(
             "title = CASE WHEN excluded.title != '' THEN excluded.title ELSE chats.title END",
             (platform, str(chat_id), kind, title, time.time() if now is None else now, int(enabled)),
         )
+
+
+async def place_in_server(store: Store, platform: str, server: str, chat_ids: list[str]) -> int:
+    """Record the server of server chats stored before chats knew it (migration 6); returns how many."""
+    placed = 0
+    for start in range(0, len(chat_ids), 500):  # SQLite's limit on bound parameters
+        part = chat_ids[start:start + 500]
+        async with store.write() as db:
+            cur = await db.execute(
+                f"UPDATE chats SET server = ? WHERE platform = ? AND kind = 'guild' AND server IS NULL "
+                f"AND platform_chat_id IN ({','.join('?' * len(part))})",
+                (server, platform, *part),
+            )
+            placed += max(cur.rowcount, 0)
+    return placed
 
 
 async def always_reply_chats(store: Store, platform: str) -> set[str]:

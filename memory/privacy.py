@@ -1,9 +1,11 @@
 """Forget and export: everything stored about one person, and nothing about anyone else.
 
-Forgetting deletes the user row; foreign keys cascade to sessions, messages (and through the FTS
-triggers their index rows), session memories, compressive memories, jobs and raw model outputs.
-`secure_delete` overwrites the freed pages, and the FTS index is rebuilt and the WAL checkpointed so
-the deleted words do not linger in index segments or the log.
+Forgetting deletes the user row; a trigger deletes their messages first (and through the FTS triggers
+their index entries), then foreign keys cascade to sessions, session memories, compressive memories,
+jobs and raw model outputs. `secure_delete` overwrites the freed bytes, the person's index key among
+them: what FTS5 leaves of their postings until its next merge are hashes nothing can read any more
+(memory/fts.py). The cost is the person's own data, never the whole index. The WAL is checkpointed
+so the deleted bytes leave the log too.
 """
 
 from __future__ import annotations
@@ -38,9 +40,67 @@ async def forget_user(store: Store, user_pk: int) -> dict[str, int]:
         )
         if user is not None:  # updates from them not handled yet (memory/inbox.py)
             await db.execute("DELETE FROM inbox WHERE platform = ? AND user_id = ?", (user[0], user[1]))
-        await db.execute("INSERT INTO messages_fts(messages_fts) VALUES ('rebuild')")
     # 1 when the deleted bytes have left the log too; 0 when a reader's snapshot kept the checkpoint from
     # finishing (it is finished at the next memory-job run).
+    counts["erased"] = int(await store.checkpoint())
+    return counts
+
+
+async def forget_user_in_server(store: Store, user_pk: int, platform: str, server: str, now: float) -> dict[str, int]:
+    """What one server's admins may delete: the person's sessions in that server's channels, with their
+    messages (the bot's replies in them too), session memories, memory jobs and the raw outputs of those jobs.
+
+    The compressive memory was written from all the person's sessions, the deleted ones among them: its
+    versions are deleted too, and compression is queued again over the session memories that remain (from
+    their DMs and other servers, which this does not touch), so the next memory job run recomposes it
+    without anything said in the server.
+    """
+    counts = {"messages": 0, "sessions": 0}
+    async with store.write() as db:
+        async with db.execute(
+            "SELECT s.id FROM sessions s JOIN chats c ON c.id = s.chat_id "
+            "WHERE s.user_id = ? AND c.platform = ? AND c.server = ?",
+            (user_pk, platform, server),
+        ) as cur:
+            sessions = [int(r[0]) for r in await cur.fetchall()]
+        if not sessions:
+            return counts
+        marks = ",".join("?" * len(sessions))
+        async with db.execute(f"SELECT COUNT(*) FROM messages WHERE session_id IN ({marks})", sessions) as cur:
+            row = await cur.fetchone()
+        counts = {"messages": int(row[0]) if row else 0, "sessions": len(sessions)}
+        async with db.execute(
+            f"SELECT COUNT(*) FROM session_memories WHERE session_id IN ({marks})", sessions
+        ) as cur:
+            row = await cur.fetchone()
+        remembered = bool(row and row[0])
+        await db.execute(
+            f"DELETE FROM jobs WHERE kind = 'session_memory' AND user_id = ? AND key IN ({marks})",
+            [user_pk, *(str(s) for s in sessions)],
+        )
+        # Messages go through their own cascade (and the index's delete trigger); memories with the sessions.
+        await db.execute(f"DELETE FROM sessions WHERE id IN ({marks})", sessions)
+        if remembered:
+            await db.execute("DELETE FROM compressive_memories WHERE user_id = ?", (user_pk,))
+            await db.execute("DELETE FROM model_outputs WHERE user_id = ? AND task = 'compress'", (user_pk,))
+            await db.execute(
+                "UPDATE session_memories SET compressed_all = NULL, compressed_public = NULL WHERE user_id = ?",
+                (user_pk,),
+            )
+            async with db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(private = 0), 0) FROM session_memories WHERE user_id = ?",
+                (user_pk,),
+            ) as cur:
+                left = await cur.fetchone()
+            scopes = [] if not left or not left[0] else ["all"] + (["public"] if left[1] else [])
+            for scope in scopes:
+                await db.execute(
+                    "INSERT INTO jobs(kind, key, user_id, state, created, updated, not_before) "
+                    "VALUES ('compress', ?, ?, 'pending', ?, ?, 0) "
+                    "ON CONFLICT(kind, key) DO UPDATE SET state = 'pending', attempts = 0, updated = excluded.updated, "
+                    "not_before = 0",
+                    (f"{user_pk}:{scope}", user_pk, now, now),
+                )
     counts["erased"] = int(await store.checkpoint())
     return counts
 

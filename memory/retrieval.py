@@ -1,8 +1,8 @@
 """Verbatim evidence from a person's past sessions, found with SQLite FTS5 (BM25).
 
 Compression drops details; a keyword search over the person's own earlier turns finds them again.
-The index holds owner-prefixed terms (memory/fts.py): a search reads one person's postings only. It is
-always filtered to one user, and to non-private sessions when the reply goes to a group.
+The index holds terms keyed to their owner (memory/fts.py): a search reads one person's postings only. It
+is always filtered to one user, and to non-private sessions when the reply goes to a group.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from memory.fts import owner_query
+from memory.fts import keyed_query
 from memory.store import Store
 from models.profiles.base import STOPWORDS
 
@@ -53,15 +53,18 @@ async def search_user_messages(
     """`ignore_names`: the person's and the bot's names, which match greetings ("Hi Ann!") everywhere in a
     person's own history and say nothing about what the message asks."""
     ignore = frozenset(w.lower() for name in ignore_names for w in _TOKEN.findall(name))
-    query = owner_query(user_pk, query_words(query_text, ignore=ignore))
-    if query is None or limit <= 0:
+    if limit <= 0:
+        return []
+    key = await store.scalar("SELECT fts_key FROM users WHERE id = ?", (user_pk,))
+    query = keyed_query(bytes(key), query_words(query_text, ignore=ignore)) if key else None
+    if query is None:
         return []
     # Rank inside the index first (bm25 of the person's own postings, no table lookups), then join only the
     # best few to their messages and apply the filters. If fewer than `limit` remain (few matches, or the
     # filters, the current session and private chats, dropped many), rank them all: with few matches that
     # is the same cheap query again, and otherwise it finds what lay past the first cut.
-    # The owner-prefixed terms already confine the match to this person; `m.user_id = ?` stays as a
-    # second lock on the door.
+    # The keyed terms already confine the match to this person; `m.user_id = ?` stays as a second lock on
+    # the door.
     filters, params = "m.user_id = ?", [user_pk]
     if exclude_session is not None:
         filters += " AND m.session_id != ?"

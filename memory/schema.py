@@ -166,6 +166,58 @@ MIGRATIONS: list[str] = [
     END;
     INSERT INTO messages_fts(messages_fts) VALUES ('rebuild');
     """,
+    # 5: the index's terms are hashed with a key of their owner's (memory/fts.py), so forgetting a person
+    # deletes their rows and their key instead of rebuilding the whole index. Deleting a user deletes their
+    # messages first, while the key that their index entries need is still there. The indexes make a forget's
+    # cascades look up the person's own rows instead of scanning every job, output, session and message.
+    """
+    ALTER TABLE users ADD COLUMN fts_key BLOB;
+    UPDATE users SET fts_key = randomblob(16);
+    CREATE TRIGGER users_fts_key AFTER INSERT ON users WHEN new.fts_key IS NULL BEGIN
+        UPDATE users SET fts_key = randomblob(16) WHERE id = new.id;
+    END;
+    CREATE TRIGGER users_delete_messages_first BEFORE DELETE ON users BEGIN
+        DELETE FROM messages WHERE user_id = old.id;
+    END;
+    DROP TRIGGER messages_fts_insert;
+    DROP TRIGGER messages_fts_delete;
+    DROP TRIGGER messages_fts_update;
+    DROP TABLE messages_fts_vocab;
+    DROP TABLE messages_fts;
+    DROP VIEW messages_fts_content;
+    CREATE VIEW messages_fts_content AS
+        SELECT m.id, membot_fts_index(u.fts_key, m.text) AS terms FROM messages m JOIN users u ON u.id = m.user_id;
+    CREATE VIRTUAL TABLE messages_fts USING fts5(
+        terms, content='messages_fts_content', content_rowid='id', tokenize='unicode61 remove_diacritics 0'
+    );
+    CREATE VIRTUAL TABLE messages_fts_vocab USING fts5vocab(messages_fts, 'row');
+    CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+        INSERT INTO messages_fts(rowid, terms)
+            VALUES (new.id, membot_fts_index((SELECT fts_key FROM users WHERE id = new.user_id), new.text));
+    END;
+    CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
+        INSERT INTO messages_fts(messages_fts, rowid, terms)
+            VALUES ('delete', old.id, membot_fts_index((SELECT fts_key FROM users WHERE id = old.user_id), old.text));
+    END;
+    CREATE TRIGGER messages_fts_update AFTER UPDATE OF text, user_id ON messages BEGIN
+        INSERT INTO messages_fts(messages_fts, rowid, terms)
+            VALUES ('delete', old.id, membot_fts_index((SELECT fts_key FROM users WHERE id = old.user_id), old.text));
+        INSERT INTO messages_fts(rowid, terms)
+            VALUES (new.id, membot_fts_index((SELECT fts_key FROM users WHERE id = new.user_id), new.text));
+    END;
+    INSERT INTO messages_fts(messages_fts) VALUES ('rebuild');
+    CREATE INDEX jobs_user ON jobs(user_id);
+    CREATE INDEX model_outputs_user ON model_outputs(user_id);
+    CREATE INDEX model_outputs_job ON model_outputs(job_id);
+    CREATE INDEX messages_chat ON messages(chat_id);
+    CREATE INDEX sessions_chat ON sessions(chat_id);
+    """,
+    # 6: the server (Discord guild) a chat belongs to, so a server's admins act on that server's data only.
+    # NULL for DMs and for chats that are not in a server (Telegram, the console).
+    """
+    ALTER TABLE chats ADD COLUMN server TEXT;
+    CREATE INDEX chats_server ON chats(platform, server) WHERE server IS NOT NULL;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -53,11 +53,14 @@ async def _upsert_user(db: aiosqlite.Connection, platform: str, user_id: str, na
     return int(row[0])
 
 
-async def _upsert_chat(db: aiosqlite.Connection, platform: str, chat_id: str, kind: str, title: str, now: float) -> int:
+async def _upsert_chat(
+    db: aiosqlite.Connection, platform: str, chat_id: str, kind: str, title: str, now: float, server: str | None
+) -> int:
     await db.execute(
-        "INSERT INTO chats(platform, platform_chat_id, kind, title, created) VALUES (?, ?, ?, ?, ?) "
-        "ON CONFLICT(platform, platform_chat_id) DO UPDATE SET title = excluded.title",
-        (platform, chat_id, kind, title, now),
+        "INSERT INTO chats(platform, platform_chat_id, kind, title, created, server) VALUES (?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT(platform, platform_chat_id) DO UPDATE SET title = excluded.title, "
+        "server = COALESCE(excluded.server, chats.server)",
+        (platform, chat_id, kind, title, now, server),
     )
     async with db.execute(
         "SELECT id FROM chats WHERE platform = ? AND platform_chat_id = ?", (platform, chat_id)
@@ -100,13 +103,14 @@ class SessionManager:
         chat_title: str = "",
         platform_message_id: str | None = None,
         when: float | None = None,
+        server_id: str | None = None,
     ) -> Recorded:
         now = self.clock() if when is None else when
         user_id, chat_id = _key(user_id), _key(chat_id)
         platform_message_id = None if platform_message_id is None else _key(platform_message_id)
         async with self.store.write() as db:
             user_pk = await _upsert_user(db, platform, user_id, display_name, now)
-            chat_pk = await _upsert_chat(db, platform, chat_id, chat_kind, chat_title, now)
+            chat_pk = await _upsert_chat(db, platform, chat_id, chat_kind, chat_title, now, server_id)
             if platform_message_id is not None:
                 async with db.execute(
                     "SELECT id, session_id FROM messages WHERE chat_id = ? AND author = 'user' "
@@ -145,7 +149,7 @@ class SessionManager:
         now = self.clock() if when is None else when
         async with self.store.write() as db:
             user_pk = await _upsert_user(db, platform, user_id, display_name, now)
-            chat_pk = await _upsert_chat(db, platform, chat_id, chat_kind, "", now)
+            chat_pk = await _upsert_chat(db, platform, chat_id, chat_kind, "", now, None)
             session_id, new = await self._current_session(db, user_pk, chat_pk, chat_kind, now)
         return Recorded(user_pk, chat_pk, session_id, 0, chat_kind in PRIVATE_KINDS, False, new)
 

@@ -253,6 +253,7 @@ class _CompressJob:
     sessions: tuple[int, ...]
     item: CompressionInput
     history: tuple[tuple[str, tuple[str, ...]], ...]  # every session memory in scope, oldest first: (date, facts)
+    history_ids: tuple[int, ...] = ()  # their ids: the version is written only if they all still exist
 
 
 async def _load_compression(store: Store, job_id: int, bot_name: str) -> _CompressJob | None:
@@ -287,13 +288,14 @@ async def _load_compression(store: Store, job_id: int, bot_name: str) -> _Compre
     # The stored memory is recomposed from all the person's session memories, so a correction in any
     # session supersedes the fact it corrects wherever it stood.
     history = await store.fetchall(
-        f"SELECT session_time, facts FROM session_memories WHERE user_id = ?{privacy} ORDER BY session_time, id",
+        f"SELECT session_time, facts, id FROM session_memories WHERE user_id = ?{privacy} ORDER BY session_time, id",
         (user_pk,),
     )
     return _CompressJob(
         job_id, user_pk, scope, int(row[2]), tuple(int(m[0]) for m in memories),
         tuple(int(m[1]) for m in memories), item,
         tuple((format_date(float(h[0])), tuple(json.loads(h[1]))) for h in history),
+        tuple(int(h[2]) for h in history),
     )
 
 
@@ -355,8 +357,11 @@ async def compress_memories(
                              model_profile=parsed.profile, model_relationship=parsed.relationship,
                              max_events=job.item.max_events)
             try:
-                await _save_version(store, job, memory.profile, memory.relationship, memory.events,
-                                    generator.name, flagged, clock())
+                if not await _save_version(store, job, memory.profile, memory.relationship, memory.events,
+                                           generator.name, flagged, clock()):
+                    log.info("compression job %d not saved: some of its sessions were deleted meanwhile",
+                             job.job_id)
+                    continue
             except sqlite3.IntegrityError as exc:
                 if not _forgotten(exc):
                     raise
@@ -369,9 +374,20 @@ async def compress_memories(
 
 async def _save_version(
     store: Store, job: _CompressJob, profile: str, relationship: str, events: str, model: str, flagged: int, now: float
-) -> None:
+) -> bool:
+    """Write the version; False (nothing written, the job left pending for the next run) when a session it
+    was composed from was deleted while the model worked (a server admin's forget): it would bring back what
+    was deleted."""
     marker = "compressed_all" if job.scope == "all" else "compressed_public"
     async with store.write() as db:
+        used = sorted(set(job.history_ids) | set(job.memory_ids))
+        async with db.execute(
+            f"SELECT COUNT(*) FROM session_memories WHERE id IN ({','.join('?' * len(used))})", used
+        ) as cur:
+            found = await cur.fetchone()
+        if found is None or int(found[0]) != len(used):
+            await db.execute("UPDATE jobs SET state = 'pending', updated = ? WHERE id = ?", (now, job.job_id))
+            return False
         async with db.execute(
             "SELECT COALESCE(MAX(version), 0) FROM compressive_memories WHERE user_id = ? AND scope = ?",
             (job.user_pk, job.scope),
@@ -399,3 +415,4 @@ async def _save_version(
             "UPDATE jobs SET state = ?, attempts = 0, last_error = NULL, updated = ? WHERE id = ?",
             (state, now, job.job_id),
         )
+    return True

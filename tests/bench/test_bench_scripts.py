@@ -46,6 +46,20 @@ def test_store_quick() -> None:
     assert isinstance(result["target_met"], bool)
 
 
+def test_forget_quick() -> None:
+    result = run_quick("forget.py")
+    assert result["benchmark"] == "forget" and result["messages"] == 20_000 and result["people"] == 100
+    assert result["build"]["messages_per_s"] > 0 and result["build"]["reused"] is False
+    forget = result["forget"]
+    assert forget["two_messages"]["user_messages"] == 2 and forget["heavy"]["user_messages"] == 1000
+    assert 2 < forget["typical"]["user_messages"] < 1000
+    for entry in forget.values():
+        assert entry["forget_s"] > 0 and entry["other_write_wait_s"] > 0
+    assert result["baseline_rebuild_in_write_tx"]["rebuild_s"] > 0
+    assert result["ratio_rebuild_over_forget_two_messages"] > 0 and result["sqlite_version"]
+    assert isinstance(result["target_met"], bool)
+
+
 @pytest.mark.slow
 def test_decode_quick(embedded_cache: Path) -> None:
     result = run_quick("decode.py")

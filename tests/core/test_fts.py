@@ -1,5 +1,6 @@
-"""The full-text index: owner-prefixed stemmed terms, one person's search never reads another's messages,
-and a database from before the index changed is re-indexed on open."""
+"""The full-text index: stemmed terms keyed to their owner, one person's search never reads another's
+messages, forgetting a person leaves nothing readable of their words, and a database from before the index
+changed is re-indexed on open."""
 
 from __future__ import annotations
 
@@ -8,20 +9,25 @@ from pathlib import Path
 
 import pytest
 
-from memory.fts import owner_query, owner_terms, register, words
+from memory.fts import keyed_query, keyed_terms, register, term, words
 from memory.retrieval import query_words, search_user_messages
 from memory.schema import MIGRATIONS
 from memory.store import Store
 
 
-def test_terms_are_stemmed_folded_and_owned() -> None:
+def test_terms_are_stemmed_folded_and_keyed() -> None:
     assert words("Sisters LIVED in Zürich!") == ["sister", "live", "in", "zurich"]
-    assert owner_terms(12, "my sisters") == "u12wmy u12wsister"
-    assert owner_terms(1, "2x") != owner_terms(12, "x")  # u1w2x vs u12wx
-    assert owner_query(7, ["sisters", "live"]) == '"u7wsister" OR "u7wlive"'
+    ann, bob = b"a" * 16, b"b" * 16
+    assert keyed_terms(ann, "my sisters") == f"{term(ann, 'my')} {term(ann, 'sister')}"
+    assert keyed_terms(ann, "sister") != keyed_terms(bob, "sister")  # the same word, two people: two terms
+    assert "sister" not in keyed_terms(ann, "sister")  # the index holds no readable word
+    assert len(term(ann, "sister")) == 16 and term(ann, "sister").isalnum()  # one unicode61 token
+    assert keyed_terms(None, "sister") == ""  # no key, nothing indexed
+    assert keyed_query(ann, ["sisters", "live"]) == f'"{term(ann, "sister")}" OR "{term(ann, "live")}"'
     # Quotes and FTS syntax in what a person types stay words.
-    assert owner_query(7, ['"a" NEAR(b)', "OR"]) == '"u7wa" OR "u7wnear" OR "u7wb" OR "u7wor"'
-    assert owner_query(7, []) is None
+    assert keyed_query(ann, ['"a" NEAR(b)', "OR"]) == " OR ".join(
+        f'"{term(ann, w)}"' for w in ("a", "near", "b", "or"))
+    assert keyed_query(ann, []) is None
     # The person's and the bot's names match greetings everywhere in their history: not searched for.
     assert query_words("What did Ann tell Membot about Oslo?", ignore=frozenset({"ann", "membot"})) == ["oslo"]
 
@@ -58,11 +64,36 @@ async def test_old_database_is_reindexed_and_each_person_finds_only_their_own(tm
         assert await search_user_messages(store, 1, "paints Oslo") == []  # Bob's words, Ann's search
         assert {e.author for e in await search_user_messages(store, 1, "lyon")} == {"user", "bot"}
         # Deleting a person takes their terms out of the index, and the index agrees with the table.
+        bob_key = bytes(await store.scalar("SELECT fts_key FROM users WHERE id = 2"))
+        ann_key = bytes(await store.scalar("SELECT fts_key FROM users WHERE id = 1"))
+        vocab = "SELECT COUNT(*) FROM messages_fts_vocab WHERE term = ?"
+        assert await store.scalar(vocab, (term(bob_key, "paint"),)) == 1
         async with store.write() as db:
             await db.execute("DELETE FROM users WHERE id = 2")
             await db.execute("INSERT INTO messages_fts(messages_fts, rank) VALUES ('integrity-check', 1)")
-        assert await store.scalar("SELECT COUNT(*) FROM messages_fts_vocab WHERE term LIKE 'u2w%'") == 0
-        assert await store.scalar("SELECT COUNT(*) FROM messages_fts_vocab WHERE term = 'u1wlyon'") == 1
+        for word in ("sister", "paint", "oslo"):
+            assert await store.scalar(vocab, (term(bob_key, word),)) == 0
+        assert await store.scalar(vocab, (term(ann_key, "lyon"),)) == 1
+        assert await store.scalar("SELECT COUNT(*) FROM messages") == 2
+
+
+async def test_forgetting_costs_the_person_not_the_index(tmp_path: Path) -> None:
+    """No rebuild: forgetting one person leaves the other people's index segments as they were (a rebuild
+    rewrites them all), and the person's key, the only way to read their leftover postings, is gone."""
+    path = tmp_path / "v3.sqlite3"
+    _v3_database_with_messages(path)
+    async with Store(path) as store:
+        key = bytes(await store.scalar("SELECT fts_key FROM users WHERE id = 2"))
+        segments = "SELECT id, block FROM messages_fts_data WHERE id > 10 ORDER BY id"
+        before = [tuple(r) for r in await store.fetchall(segments)]
+        from memory.privacy import forget_user
+
+        await forget_user(store, 2)
+        after = [tuple(r) for r in await store.fetchall(segments)]
+        assert set(before) <= set(after)  # old segments untouched: the cost is the person's, not the index's
+        assert await store.scalar("SELECT COUNT(*) FROM users WHERE fts_key = ?", (key,)) == 0
+        assert key not in path.read_bytes() + (tmp_path / "v3.sqlite3-wal").read_bytes()
+        assert [e.text for e in await search_user_messages(store, 1, "sister")] == ["My sister lives in Lyon."]
 
 
 def test_a_shell_without_the_function_refuses_writes_cleanly(tmp_path: Path) -> None:
@@ -70,13 +101,13 @@ def test_a_shell_without_the_function_refuses_writes_cleanly(tmp_path: Path) -> 
     _v3_database_with_messages(path)
     conn = sqlite3.connect(path)
     register(conn)
-    for number in (4,):
+    for number in (4, 5):
         conn.executescript(MIGRATIONS[number - 1])
     conn.commit()
     conn.close()
     bare = sqlite3.connect(path)
     assert bare.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 3  # reading needs nothing
-    with pytest.raises(sqlite3.OperationalError, match="membot_fts_terms"):
+    with pytest.raises(sqlite3.OperationalError, match="membot_fts_index"):
         bare.execute("DELETE FROM messages WHERE id = 1")
     bare.rollback()
     assert bare.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 3

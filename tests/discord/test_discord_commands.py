@@ -202,10 +202,13 @@ async def _state(app: App) -> dict[str, Any]:
 ADMIN_CASES = ["stats", "compress-now", "channel enable", "channel disable", "forget-user"]
 
 
-async def _run_admin(h: DiscordHarness, app: App, case: str, permissions: str, **kwargs: Any) -> list[str]:
+async def _run_admin(h: DiscordHarness, app: App, case: str, permissions: str, *, everywhere: bool | None = None,
+                     **kwargs: Any) -> list[str]:
     options: Any = None
     if case == "forget-user":
         options, kwargs["resolved"] = _member_option(OWNER_ID, "owner")
+    if everywhere is not None:
+        options = [*(options or []), option_payload("everywhere", everywhere, type=5)]
     start = len(h.http_calls)
     await h.invoke_command(None, command_interaction_payload(f"admin {case}", options, permissions=permissions,
                                                              **kwargs))
@@ -273,12 +276,15 @@ async def test_admin_commands_refuse_in_dms(app: App, busy: DiscordHarness, case
     assert await _state(app) == before
 
 
+OPERATOR = {"user": user_payload(OWNER_ID, "owner")}  # the fake application's owner
+
+
 @pytest.mark.parametrize("permissions", ALLOWED)
 async def test_admin_stats_and_compress_now(app: App, busy: DiscordHarness, permissions: str) -> None:
     (stats,) = await _run_admin(busy, app, "stats", permissions)
-    assert "Users: 2" in stats and "Queued memory jobs: 1" in stats and "Model: fake" in stats
+    assert stats.startswith("In this server:") and "Model: fake" in stats  # this server's counts (DMs only here)
     assert busy.interaction_callbacks()[0].json["type"] == DEFERRED
-    (report,) = await _run_admin(busy, app, "compress-now", permissions)
+    (report,) = await _run_admin(busy, app, "compress-now", permissions, **OPERATOR)
     assert report.startswith("Memory jobs ran:")
     assert (await _state(app))["memories"] == 1
     assert_no_pings(busy.http_calls)
@@ -287,9 +293,11 @@ async def test_admin_stats_and_compress_now(app: App, busy: DiscordHarness, perm
 @pytest.mark.parametrize("permissions", ALLOWED)
 async def test_admin_forget_user(app: App, busy: DiscordHarness, permissions: str) -> None:
     (answer,) = await _run_admin(busy, app, "forget-user", permissions)
+    assert answer == "There was nothing stored about owner in this server."  # they talked in DMs only
+    (answer,) = await _run_admin(busy, app, "forget-user", permissions, everywhere=True, **OPERATOR)
     assert answer == f"Deleted everything about user {OWNER_ID}: 2 message(s), 1 session(s)."
     assert await app.store.scalar("SELECT platform_user_id FROM users") == str(USER_ID)
-    (again,) = await _run_admin(busy, app, "forget-user", permissions)
+    (again,) = await _run_admin(busy, app, "forget-user", permissions, everywhere=True, **OPERATOR)
     assert again == "There was nothing stored about that user."
 
 
@@ -330,10 +338,10 @@ async def test_admin_channel_enable_and_disable(
 
 
 async def test_command_errors_are_private_and_clear(app: App, discord_harness: DiscordHarness, monkeypatch) -> None:
-    async def broken() -> str:
+    async def broken(*args: Any) -> str:
         raise StoreError("disk full")
 
-    monkeypatch.setattr(app.dispatcher, "stats", broken)
+    monkeypatch.setattr(app.dispatcher, "server_stats", broken)
     assert await _run_admin(discord_harness, app, "stats", PERM_MANAGE_GUILD) == [STORAGE_DOWN]
     start = len(discord_harness.http_calls)
     await discord_harness.invoke_command(None, command_interaction_payload("memory nonexistent"))

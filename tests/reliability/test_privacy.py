@@ -19,7 +19,7 @@ from bot.app import App
 from bot.config import Settings
 from bot.incoming import IncomingMessage
 from memory import inbox
-from memory.fts import owner_prefix
+from memory.fts import term, words
 from models.base import Prompt
 from models.fake import FakeBackend, default_response
 from tests.fakes.clock import ManualClock
@@ -100,8 +100,11 @@ async def test_forget_deletes_every_row_and_the_bytes_leave_the_files(
         b_counts = {t: await app.store.scalar(f"SELECT COUNT(*) FROM {t} WHERE user_id = ?", (b_pk,))
                     for t in PER_USER_TABLES}
 
-        vocab = "SELECT COUNT(*) FROM messages_fts_vocab WHERE term LIKE ?"
-        assert await app.store.scalar(vocab, (f"%{A_CANARIES[0].lower()}%",)) == 1  # indexed before
+        a_key = bytes(await app.store.scalar("SELECT fts_key FROM users WHERE id = ?", (pk,)))
+        b_key = bytes(await app.store.scalar("SELECT fts_key FROM users WHERE id = ?", (b_pk,)))
+        vocab = "SELECT COUNT(*) FROM messages_fts_vocab WHERE term = ?"
+        assert await app.store.scalar(vocab, (term(a_key, words(A_CANARIES[0])[0]),)) == 1  # indexed before
+        assert a_key in before
         answer = await app.dispatcher.handle(_msg(A, "/forget"))
         assert answer.confirm == "forget"  # asks first; the adapter calls forget on "yes"
         assert "deleted everything" in await app.dispatcher.forget("telegram", A)
@@ -114,19 +117,21 @@ async def test_forget_deletes_every_row_and_the_bytes_leave_the_files(
         assert await q("SELECT COUNT(*) FROM inbox WHERE user_id = ?", (A,)) == 0
         # The full-text index: no row, no term, consistent with the table, and B is still found.
         for word in A_CANARIES:
-            assert await q("SELECT COUNT(*) FROM messages_fts_vocab WHERE term LIKE ?", (f"%{word.lower()}%",)) == 0
+            assert await q(vocab, (term(a_key, words(word)[0]),)) == 0
         assert await q("SELECT COUNT(*) FROM messages_fts_docsize") == await q("SELECT COUNT(*) FROM messages")
         async with app.store.write() as conn:
             await conn.execute("INSERT INTO messages_fts(messages_fts, rank) VALUES ('integrity-check', 1)")
-        b_term = f"{owner_prefix(b_pk)}qjvdmsecretb1"
+        b_term = term(b_key, "qjvdmsecretb1")
         assert await q("SELECT COUNT(*) FROM messages_fts WHERE messages_fts MATCH ?", (f'"{b_term}"',)) == 2  # B's turn and its reply
         for table, count in b_counts.items():
             assert await q(f"SELECT COUNT(*) FROM {table} WHERE user_id = ?", (b_pk,)) == count, table
         assert await q("SELECT COUNT(*) FROM inbox WHERE user_id = ?", (B,)) == 1
         assert await app.store.integrity_ok()
 
-        # forget checkpoints the WAL; with secure_delete the freed pages are zeroed: nothing of A is left.
+        # forget checkpoints the WAL; with secure_delete the freed bytes are zeroed: nothing of A is left, and
+        # without A's key, what the index keeps of A's postings until its next merge cannot be read.
         after = _db_bytes(db)
+        assert a_key not in after
         for word in [*A_CANARIES, A, A_NAME]:
             for form in _forms(word):
                 assert form not in after, f"{form!r} is still in the database files"
@@ -217,7 +222,10 @@ async def test_retention_deletes_old_summarised_messages_only(settings: Settings
         assert await app.store.scalar("SELECT COUNT(*) FROM session_memories") == 1  # the summary stays
         assert "Lyon" in (await app.store.scalar("SELECT facts FROM session_memories"))
         assert await app.store.scalar("SELECT COUNT(*) FROM compressive_memories") >= 1
-        assert await app.store.scalar("SELECT COUNT(*) FROM messages_fts_vocab WHERE term LIKE '%zqxoldraw%'") == 0
+        a_key = bytes(await app.store.scalar("SELECT fts_key FROM users WHERE platform_user_id = ?", (A,)))
+        old_term = term(a_key, "zqxoldraw")
+        assert await app.store.scalar("SELECT COUNT(*) FROM messages_fts_vocab WHERE term = ?", (old_term,)) == 0
+        assert old_term.encode() not in _db_bytes(db)  # A keeps their key: the purge merges the postings away
         async with app.store.write() as conn:
             await conn.execute("INSERT INTO messages_fts(messages_fts, rank) VALUES ('integrity-check', 1)")
         assert not any(form in _db_bytes(db) for form in _forms("ZQXOLDRAW"))
