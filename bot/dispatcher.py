@@ -234,14 +234,7 @@ class Dispatcher:
             return "I don't remember anything about you yet."
         memory = await latest_compressive(self.store, user_pk, "all")
         # A finished conversation waits for the next memory job; the one going on waits for its end first.
-        waiting = int(await self.store.scalar(
-            "SELECT COUNT(*) FROM sessions s WHERE s.user_id = ? AND s.state = 'closed' AND NOT EXISTS "
-            "(SELECT 1 FROM session_memories m WHERE m.session_id = s.id)",
-            (user_pk,),
-        ) or 0)
-        ongoing = int(await self.store.scalar(
-            "SELECT COUNT(*) FROM sessions WHERE user_id = ? AND state = 'open'", (user_pk,)
-        ) or 0)
+        waiting, ongoing = await self.sessions.unremembered(user_pk)
         if memory is None:
             text = "I don't have a memory of you yet"
             if waiting:

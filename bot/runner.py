@@ -11,6 +11,7 @@ from typing import Any
 
 from bot.config import Settings
 from bot.text import redact, redact_in_logs
+from memory.store import RunLock
 
 log = logging.getLogger(__name__)
 
@@ -21,21 +22,33 @@ def _token(env_name: str) -> str | None:
 
 
 async def run_platforms(settings: Settings) -> int:
-    from bot.app import App
-
-    plans: list[tuple[str, str]] = []
-    for platform, env_name in (("telegram", settings.telegram.token_env), ("discord", settings.discord.token_env)):
+    platforms = (("telegram", settings.telegram.token_env), ("discord", settings.discord.token_env))
+    for _, env_name in platforms:
         if _token(env_name):
             redact_in_logs(_token(env_name))  # from the moment it is read: every log line and error message
-            plans.append((platform, env_name))
-        else:
-            log.warning("%s not started: the environment variable %s is not set", platform.title(), env_name)
-    if not plans:
-        print(
-            f"membot: no platform to run: set {settings.telegram.token_env} and/or {settings.discord.token_env} "
-            "(or use `membot chat` in the terminal)"
-        )
-        return 2
+    lock = RunLock(settings.storage.resolved_path())
+    lock.acquire()  # first, before the model loads: a second bot on the same file stops at once, with one line
+    try:
+        plans: list[tuple[str, str]] = []
+        for platform, env_name in platforms:
+            if _token(env_name):
+                plans.append((platform, env_name))
+            else:
+                log.warning("%s not started: the environment variable %s is not set", platform.title(), env_name)
+        if not plans:
+            print(
+                f"membot: no platform to run: set {settings.telegram.token_env} and/or "
+                f"{settings.discord.token_env} (or use `membot chat` in the terminal)"
+            )
+            return 2
+        return await _run(settings, plans)
+    finally:
+        lock.release()
+
+
+async def _run(settings: Settings, plans: list[tuple[str, str]]) -> int:
+    from bot.app import App
+
     app = await App.create(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

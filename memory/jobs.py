@@ -1,14 +1,13 @@
 """Running the due memory jobs, and scheduling them with APScheduler 3.11.
 
-The runner claims jobs (state 'running') before generating; a crash leaves them 'running', and the
-session manager's start-up recovery hands them back as 'pending'. One lock keeps the scheduler and an
+The runner claims jobs under a lease it renews while it works (memory/jobqueue.py); a crashed process's
+jobs are taken back once their lease expires, a live one's never. One lock keeps the scheduler and an
 admin's "compress now" from running the same jobs twice in one process.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
+from memory.jobqueue import JobKind, JobQueue, queued_count, requeue_expired
 from memory.retention import purge_expired
 from memory.sessions import SessionManager
 from memory.store import Store
@@ -88,37 +88,28 @@ class JobRunner:
         self.retry_backoff = retry_backoff
         self.retention_days = retention_days
         self.clock = clock
+        self.queue = JobQueue(store, clock=clock)
         self._lock = asyncio.Lock()
 
-    async def _claim(self, kind: str, skip: set[int] | None = None) -> list[int]:
-        """Up to `batch_size` due jobs, marked running; `skip`: jobs already tried in this run (a malformed
-        output's retry is pending again at once and would otherwise be claimed before the jobs behind it)."""
-        now = self.clock()
-        async with self.store.write() as db:
-            async with db.execute(
-                "SELECT id FROM jobs WHERE kind = ? AND state = 'pending' AND not_before <= ? "
-                "AND id NOT IN (SELECT value FROM json_each(?)) ORDER BY id LIMIT ?",
-                (kind, now, json.dumps(sorted(skip or ())), self.batch_size),
-            ) as cur:
-                ids = [int(r[0]) for r in await cur.fetchall()]
-            await db.executemany("UPDATE jobs SET state = 'running', updated = ? WHERE id = ?", [(now, i) for i in ids])
-        return ids
+    async def _claim(self, kind: JobKind, skip: set[int] | None = None) -> list[int]:
+        """Up to `batch_size` due jobs; `skip`: jobs already tried in this run (a malformed output's retry is
+        pending again at once and would otherwise be claimed before the jobs behind it)."""
+        return await self.queue.claim(kind, self.batch_size, skip or ())
 
     async def pending_count(self) -> int:
-        return int(await self.store.scalar("SELECT COUNT(*) FROM jobs WHERE state IN ('pending', 'running')") or 0)
+        return await queued_count(self.store)
 
     async def _due_count(self) -> int:
-        return int(await self.store.scalar(
-            "SELECT COUNT(*) FROM jobs WHERE state = 'pending' AND not_before <= ?", (self.clock(),)
-        ) or 0)
+        return await self.queue.due_count()
 
     async def run_due(self, *, sweep: bool = True, progress: Progress | None = None) -> JobsReport:
         """Close idle sessions, write their session memories, then compress; all in batches.
 
         The summary is logged at DEBUG only: the scheduler logs it at INFO, and `membot jobs run` prints it,
         so it is said once."""
-        async with self._lock:
+        async with self._lock, self.queue.renewing():
             await self.store.settle()
+            await requeue_expired(self.store, self.clock())  # jobs of processes that died meanwhile
             closed = len(await self.sessions.sweep()) if sweep else 0
             memories = TaskReport()
             compressions = TaskReport()
@@ -126,7 +117,7 @@ class JobRunner:
             if progress is not None:
                 progress(0, await self._due_count())
             try:
-                while ids := await self._claim("session_memory", seen):
+                while ids := await self._claim(JobKind.SESSION_MEMORY, seen):
                     seen.update(ids)
                     memories.add(await write_session_memories(
                         self.store, self.generator, self.profile, ids, bot_name=self.bot_name,
@@ -137,7 +128,7 @@ class JobRunner:
                         progress(len(ids), await self._due_count())
                 await self._release(seen)
                 seen = set()
-                while ids := await self._claim("compress", seen):
+                while ids := await self._claim(JobKind.COMPRESS, seen):
                     seen.update(ids)
                     compressions.add(await compress_memories(
                         self.store, self.generator, self.profile, ids, bot_name=self.bot_name,
@@ -173,16 +164,9 @@ class JobRunner:
 
     async def _release(self, ids: set[int], *, not_before: float | None = None) -> None:
         """Jobs claimed in this run but left 'running' go back to pending (after `not_before`, if given)."""
-        if not ids:
-            return
         try:
-            async with self.store.write() as db:
-                await db.executemany(
-                    "UPDATE jobs SET state = 'pending', not_before = MAX(not_before, COALESCE(?, 0)) "
-                    "WHERE id = ? AND state = 'running'",
-                    [(not_before, i) for i in ids],
-                )
-        except Exception as exc:  # the store is failing too: start-up recovery hands them back
+            await self.queue.release(ids, not_before=not_before)
+        except Exception as exc:  # the store is failing too: the lease runs out and any process takes them
             log.error("could not hand %d memory job(s) back: %s", len(ids), exc)
 
 

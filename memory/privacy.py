@@ -14,6 +14,7 @@ import json
 from typing import Any
 
 from memory.dates import to_datetime
+from memory.jobqueue import JobKind, delete_session_jobs, enqueue
 from memory.store import Store
 
 
@@ -74,10 +75,7 @@ async def forget_user_in_server(store: Store, user_pk: int, platform: str, serve
         ) as cur:
             row = await cur.fetchone()
         remembered = bool(row and row[0])
-        await db.execute(
-            f"DELETE FROM jobs WHERE kind = 'session_memory' AND user_id = ? AND key IN ({marks})",
-            [user_pk, *(str(s) for s in sessions)],
-        )
+        await delete_session_jobs(db, user_pk, sessions)
         # Messages go through their own cascade (and the index's delete trigger); memories with the sessions.
         await db.execute(f"DELETE FROM sessions WHERE id IN ({marks})", sessions)
         if remembered:
@@ -93,14 +91,8 @@ async def forget_user_in_server(store: Store, user_pk: int, platform: str, serve
             ) as cur:
                 left = await cur.fetchone()
             scopes = [] if not left or not left[0] else ["all"] + (["public"] if left[1] else [])
-            for scope in scopes:
-                await db.execute(
-                    "INSERT INTO jobs(kind, key, user_id, state, created, updated, not_before) "
-                    "VALUES ('compress', ?, ?, 'pending', ?, ?, 0) "
-                    "ON CONFLICT(kind, key) DO UPDATE SET state = 'pending', attempts = 0, updated = excluded.updated, "
-                    "not_before = 0",
-                    (f"{user_pk}:{scope}", user_pk, now, now),
-                )
+            for scope in scopes:  # a run composing the old memory now saves nothing (memory/tasks.py)
+                await enqueue(db, JobKind.COMPRESS, f"{user_pk}:{scope}", user_pk, now, again=True)
     counts["erased"] = int(await store.checkpoint())
     return counts
 

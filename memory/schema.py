@@ -218,6 +218,18 @@ MIGRATIONS: list[str] = [
     ALTER TABLE chats ADD COLUMN server TEXT;
     CREATE INDEX chats_server ON chats(platform, server) WHERE server IS NOT NULL;
     """,
+    # 7: jobs are claimed under a lease (memory/jobqueue.py), and one compressive version per person, scope
+    # and set of sessions is a constraint. Doubles that two processes wrote before (the same sessions,
+    # compressed twice) are removed, the first kept.
+    """
+    ALTER TABLE jobs ADD COLUMN owner TEXT;
+    ALTER TABLE jobs ADD COLUMN lease_until REAL;
+    DELETE FROM compressive_memories WHERE EXISTS (
+        SELECT 1 FROM compressive_memories AS first WHERE first.user_id = compressive_memories.user_id
+        AND first.scope = compressive_memories.scope AND first.source_sessions = compressive_memories.source_sessions
+        AND first.id < compressive_memories.id);
+    CREATE UNIQUE INDEX compressive_once ON compressive_memories(user_id, scope, source_sessions);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import aiosqlite
 
+from memory.jobqueue import JobKind, enqueue, requeue_expired
 from memory.store import Store
 
 Clock = Callable[[], float]
@@ -76,11 +77,7 @@ async def close_session_tx(db: aiosqlite.Connection, session_id: int, user_pk: i
         "UPDATE sessions SET state = 'closed', closed = ?, close_reason = ? WHERE id = ? AND state = 'open'",
         (now, reason, session_id),
     )
-    await db.execute(
-        "INSERT INTO jobs(kind, key, user_id, state, created, updated) VALUES ('session_memory', ?, ?, 'pending', ?, ?) "
-        "ON CONFLICT(kind, key) DO NOTHING",
-        (str(session_id), user_pk, now, now),
-    )
+    await enqueue(db, JobKind.SESSION_MEMORY, str(session_id), user_pk, now)
 
 
 class SessionManager:
@@ -220,20 +217,21 @@ class SessionManager:
         return [int(r[0]) for r in rows]
 
     async def recover(self) -> dict[str, int]:
-        """At start-up: close sessions a crash left open and idle; requeue jobs a crash left running."""
+        """At start-up: close sessions a crash left open and idle; requeue the jobs of processes that died
+        (their leases expired; a live process's are left alone: memory/jobqueue.py)."""
         closed = await self.sweep()
-        async with self.store.write() as db:
-            cur = await db.execute("UPDATE jobs SET state = 'pending' WHERE state = 'running'")
-            requeued = cur.rowcount
-            # A closed session without a job (should not happen, but cheap to guarantee).
-            await db.execute(
-                "INSERT INTO jobs(kind, key, user_id, state, created, updated) "
-                "SELECT 'session_memory', CAST(s.id AS TEXT), s.user_id, 'pending', ?, ? FROM sessions s "
-                "WHERE s.state = 'closed' AND NOT EXISTS (SELECT 1 FROM session_memories m WHERE m.session_id = s.id) "
-                "ON CONFLICT(kind, key) DO NOTHING",
-                (self.clock(), self.clock()),
-            )
+        requeued = await requeue_expired(self.store, self.clock())
         return {"closed": len(closed), "requeued": requeued}
+
+    async def unremembered(self, user_pk: int) -> tuple[int, int]:
+        """(closed sessions still without their session memory, open sessions) of one person."""
+        row = await self.store.fetchone(
+            "SELECT COALESCE(SUM(s.state = 'closed' AND NOT EXISTS "
+            "(SELECT 1 FROM session_memories m WHERE m.session_id = s.id)), 0), "
+            "COALESCE(SUM(s.state = 'open'), 0) FROM sessions s WHERE s.user_id = ?",
+            (user_pk,),
+        )
+        return (int(row[0]), int(row[1])) if row else (0, 0)
 
     async def find_user(self, platform: str, user_id: str) -> int | None:
         value = await self.store.scalar(

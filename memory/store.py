@@ -30,14 +30,24 @@ class StoreError(Exception):
     """A storage failure a user can be told about in one sentence (disk full, read-only file...)."""
 
 
+BUSY_TIMEOUT_MS = 10_000
+MIGRATION_WAIT_MS = 600_000  # another process's migration may rebuild the index: minutes at 1M messages
+
+
 async def _configure(conn: aiosqlite.Connection) -> None:
     conn.row_factory = sqlite3.Row
     await register_async(conn)  # the full-text index's triggers call it
+    await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")  # first: a concurrent start may hold the lock
     await conn.execute("PRAGMA journal_mode=WAL")
     await conn.execute("PRAGMA foreign_keys=ON")
-    await conn.execute("PRAGMA busy_timeout=10000")
     await conn.execute("PRAGMA synchronous=NORMAL")
     await conn.execute("PRAGMA secure_delete=ON")
+
+
+def _private_folder(folder: Path) -> None:
+    if not folder.exists():
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        folder.chmod(0o700)  # mkdir's mode is filtered by the umask
 
 
 def _private_file(path: Path) -> None:
@@ -47,22 +57,86 @@ def _private_file(path: Path) -> None:
 
     An existing file of 0 bytes is refused, never taken for a new database: that would silently replace a
     person's whole memory with nothing (a truncated copy, a failed restore)."""
-    if path.exists() and path.stat().st_size == 0 and not Path(f"{path}-wal").exists():
+    _private_folder(path.parent)
+    if not path.exists():
+        _create(path)
+    if path.stat().st_size == 0 and not Path(f"{path}-wal").exists():
         raise StoreError(f"database {path} is empty (0 bytes), not a membot database; restore a backup "
                          "(`membot db backup` makes one), or move the file away to start with no memory")
-    if not path.parent.exists():
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path.parent.chmod(0o700)  # mkdir's mode is filtered by the umask
-    fresh = not path.exists()
-    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
     os.chmod(path, 0o600)
-    if fresh:  # SQLite writes its header at the first write; until then a crash would leave 0 bytes
-        conn = sqlite3.connect(path)
+
+
+def _create(path: Path) -> None:
+    """A new database appears whole: made beside it with its header written (SQLite writes one only at the
+    first write, so a crash, or a second process starting at the same moment, would find 0 bytes), then
+    linked into place; if another process linked theirs first, theirs is used."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
+    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    try:
+        os.chmod(tmp, 0o600)
+        conn = sqlite3.connect(tmp)
         try:
             conn.execute("PRAGMA user_version = 0")
             conn.execute("VACUUM")
         finally:
             conn.close()
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def statements(script: str) -> list[str]:
+    """A migration script as single statements (one transaction can then hold them all, which executescript's
+    own COMMIT would end). Split at line ends where SQLite's tokenizer says a statement is complete, so a
+    trigger's body, with its own semicolons, stays whole."""
+    out: list[str] = []
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            out.append(pending.strip())
+            pending = ""
+    if pending.strip():
+        raise ValueError(f"a migration ends with an incomplete statement: {pending.strip()[:80]}")
+    return out
+
+
+class RunLock:
+    """`membot run` holds this for its whole life: one file has one writer process, and two bots answering
+    the same people from one file would each think the other's sessions are theirs. A lock file beside the
+    database, `flock`ed (released by the kernel when the process ends, even by SIGKILL). `membot memory`
+    and `membot jobs run` do not take it: they are safe beside a running bot (job leases)."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.db_path = Path(db_path)
+        self.path = Path(f"{db_path}.run-lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        import fcntl
+
+        _private_folder(self.path.parent)
+        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise StoreError(
+                f"another `membot run` (pid {holder}) is using the database {self.db_path}; stop it "
+                "first. Several bot processes need PostgreSQL"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the flock
+            self._fd = None
 
 
 def _damaged(path: Path, detail: str) -> StoreError:
@@ -178,24 +252,32 @@ class Store:
             raise _damaged(self.path, str(row[0]) if row else "no answer to quick_check")
 
     async def _migrate(self) -> None:
-        assert self._writer is not None
-        async with self._writer.execute("PRAGMA user_version") as cur:
-            row = await cur.fetchone()
-        current = int(row[0]) if row else 0
-        if current > SCHEMA_VERSION:
-            raise StoreError(
-                f"{self.path} was written by a newer membot (schema {current} > {SCHEMA_VERSION}); upgrade membot"
-            )
-        for number in range(current + 1, SCHEMA_VERSION + 1):
-            log.info("applying database migration %d", number)
-            # executescript commits on its own; one migration plus its version bump is one script.
-            script = f"BEGIN IMMEDIATE;\n{MIGRATIONS[number - 1]}\nPRAGMA user_version = {number};\nCOMMIT;"
+        """Bring the schema up to date inside one write transaction, the version read under its lock: two
+        processes starting on a new or newly upgraded file (before: "table users already exists" in 5 of 15
+        tries) run the migrations once, the second waiting for the first and then finding nothing to do."""
+        db = self.writer
+        await db.execute(f"PRAGMA busy_timeout={MIGRATION_WAIT_MS}")
+        try:
+            await db.execute("BEGIN IMMEDIATE")
             try:
-                await self._writer.executescript(script)
-            except sqlite3.Error:
-                if self._writer.in_transaction:
-                    await self._writer.execute("ROLLBACK")
+                async with db.execute("PRAGMA user_version") as cur:
+                    row = await cur.fetchone()
+                current = int(row[0]) if row else 0
+                if current > SCHEMA_VERSION:
+                    raise StoreError(f"{self.path} was written by a newer membot (schema {current} > "
+                                     f"{SCHEMA_VERSION}); upgrade membot")
+                for number in range(current + 1, SCHEMA_VERSION + 1):
+                    log.info("applying database migration %d", number)
+                    for statement in statements(MIGRATIONS[number - 1]):
+                        await db.execute(statement)
+                    await db.execute(f"PRAGMA user_version = {number}")
+                await db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    await db.execute("ROLLBACK")
                 raise
+        finally:
+            await db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
     @property
     def writer(self) -> aiosqlite.Connection:

@@ -19,6 +19,7 @@ from typing import Protocol
 from memory.dates import format_date, resolve_relative
 from memory.evidence import Evidence
 from memory.facts import compose, extract, session_facts
+from memory.jobqueue import JobKind, JobState, drop, enqueue, finish, job_row, postpone, retry
 from memory.store import Store
 from models.base import BackendError, Generation, GenParams, Prompt
 from models.profiles.base import CompressionInput, CompressionOutput, Profile, SessionInput
@@ -123,25 +124,11 @@ async def _record_output(store: Store, job_id: int, user_pk: int, task: str, raw
             raise
 
 
-async def _retry_later(store: Store, job_id: int, now: float) -> None:
-    """Back to pending with one more attempt counted: the next run asks the model again."""
-    async with store.write() as db:
-        await db.execute(
-            "UPDATE jobs SET state = 'pending', attempts = attempts + 1, last_error = ?, updated = ? WHERE id = ?",
-            ("malformed model output", now, job_id),
-        )
-
-
-async def _queue_compression(db: object, user_pk: int, private: bool, now: float) -> None:
-    scopes = ["all"] if private else ["all", "public"]
-    for scope in scopes:
-        await db.execute(  # type: ignore[attr-defined]
-            "INSERT INTO jobs(kind, key, user_id, state, created, updated, not_before) "
-            "VALUES ('compress', ?, ?, 'pending', ?, ?, 0) "
-            "ON CONFLICT(kind, key) DO UPDATE SET state = 'pending', attempts = 0, updated = excluded.updated, "
-            "not_before = 0 WHERE jobs.state != 'running'",
-            (f"{user_pk}:{scope}", user_pk, now, now),
-        )
+async def queue_compression(db: object, user_pk: int, private: bool, now: float) -> None:
+    """Inside the caller's transaction: compress the person's memories again (both scopes, unless the new
+    session memory is private)."""
+    for scope in ["all"] if private else ["all", "public"]:
+        await enqueue(db, JobKind.COMPRESS, f"{user_pk}:{scope}", user_pk, now, again=True)
 
 
 async def write_session_memories(
@@ -160,13 +147,13 @@ async def write_session_memories(
     report = TaskReport()
     jobs: list[_SessionJob] = []
     for job_id in job_ids:
-        row = await store.fetchone("SELECT key, user_id, attempts FROM jobs WHERE id = ?", (job_id,))
+        row = await job_row(store, job_id)
         if row is None:
             continue
-        job = await _load_session(store, job_id, int(row[0]), int(row[2]), bot_name)
+        job = await _load_session(store, job_id, int(row[0]), row[2], bot_name)
         if job is None:  # the person was forgotten meanwhile
             async with store.write() as db:
-                await db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+                await drop(db, job_id)
             continue
         jobs.append(job)
 
@@ -180,7 +167,7 @@ async def write_session_memories(
             outputs = await generator.generate(prompts, params, Priority.JOB)
         except BackendError as exc:
             log.warning("session-memory jobs wait: %s", exc)
-            await _postpone(store, [j.job_id for j in group], clock() + retry_backoff, str(exc))
+            await postpone(store, [j.job_id for j in group], clock() + retry_backoff, str(exc))
             report.waiting += len(group)
             continue
         report.model_calls += len(prompts)
@@ -193,7 +180,7 @@ async def write_session_memories(
                 await _record_output(store, job.job_id, job.user_pk, "session_memory", out.text,
                                      "no usable fact lines", clock())
                 if job.attempts + 1 < max_attempts:
-                    await _retry_later(store, job.job_id, clock())
+                    await retry(store, job.job_id, "malformed model output", clock())
                     continue
                 facts, source = fallback_facts(job.item, job.backbone), "fallback"
                 report.fallbacks += 1
@@ -221,26 +208,16 @@ async def _save_session_memory(
                 (job.session_id, job.user_pk, int(job.private), job.started, json.dumps(facts), source,
                  model, now),
             )
-            await db.execute(
-                "UPDATE jobs SET state = 'done', attempts = attempts + 1, updated = ?, last_error = ? WHERE id = ?",
-                (now, None if source == "model" else "fallback memory after malformed outputs", job.job_id),
-            )
-            if cur.rowcount:
-                await _queue_compression(db, job.user_pk, job.private, now)
+            await finish(db, job.job_id, now, attempt=True,
+                         error=None if source == "model" else "fallback memory after malformed outputs")
+            if cur.rowcount:  # not when another process wrote it first (its lease had run out meanwhile)
+                await queue_compression(db, job.user_pk, job.private, now)
     except sqlite3.IntegrityError as exc:
         if not _forgotten(exc):
             raise
         log.info("session-memory job %d dropped: its person was forgotten meanwhile", job.job_id)
         return False
     return True
-
-
-async def _postpone(store: Store, job_ids: Sequence[int], not_before: float, error: str) -> None:
-    async with store.write() as db:
-        await db.executemany(
-            "UPDATE jobs SET state = 'pending', not_before = ?, last_error = ? WHERE id = ?",
-            [(not_before, error[:500], j) for j in job_ids],
-        )
 
 
 @dataclass(frozen=True)
@@ -257,10 +234,10 @@ class _CompressJob:
 
 
 async def _load_compression(store: Store, job_id: int, bot_name: str) -> _CompressJob | None:
-    row = await store.fetchone("SELECT key, user_id, attempts FROM jobs WHERE id = ?", (job_id,))
+    row = await job_row(store, job_id)
     if row is None:
         return None
-    user_pk, scope = int(row[1]), str(row[0]).split(":", 1)[1]
+    user_pk, scope = row[1], row[0].split(":", 1)[1]
     marker = "compressed_all" if scope == "all" else "compressed_public"
     privacy = "" if scope == "all" else " AND private = 0"
     memories = await store.fetchall(
@@ -318,7 +295,7 @@ async def compress_memories(
         job = await _load_compression(store, job_id, bot_name)
         if job is None:
             async with store.write() as db:
-                await db.execute("UPDATE jobs SET state = 'done', updated = ? WHERE id = ?", (clock(), job_id))
+                await finish(db, job_id, clock())
             continue
         jobs.append(job)
     by_attempt: dict[int, list[_CompressJob]] = {}
@@ -332,7 +309,7 @@ async def compress_memories(
             outputs = await generator.generate(flat, params, Priority.JOB)
         except BackendError as exc:
             log.warning("compression jobs wait: %s", exc)
-            await _postpone(store, [j.job_id for j in group], clock() + retry_backoff, str(exc))
+            await postpone(store, [j.job_id for j in group], clock() + retry_backoff, str(exc))
             report.waiting += len(group)
             continue
         report.model_calls += len(flat)
@@ -348,7 +325,7 @@ async def compress_memories(
                 raw = "\n---\n".join(o.text for o in mine)
                 await _record_output(store, job.job_id, job.user_pk, "compress", raw, "unusable sections", clock())
                 if job.attempts + 1 < max_attempts:
-                    await _retry_later(store, job.job_id, clock())
+                    await retry(store, job.job_id, "malformed model output", clock())
                     continue
                 parsed = CompressionOutput("", "", "")
                 flagged = 1
@@ -386,7 +363,7 @@ async def _save_version(
         ) as cur:
             found = await cur.fetchone()
         if found is None or int(found[0]) != len(used):
-            await db.execute("UPDATE jobs SET state = 'pending', updated = ? WHERE id = ?", (now, job.job_id))
+            await finish(db, job.job_id, now, state=JobState.PENDING)
             return False
         async with db.execute(
             "SELECT COALESCE(MAX(version), 0) FROM compressive_memories WHERE user_id = ? AND scope = ?",
@@ -394,15 +371,18 @@ async def _save_version(
         ) as cur:
             row = await cur.fetchone()
         version = int(row[0] if row else 0) + 1
-        await db.execute(
+        # One version per person, scope and set of sessions (a unique index): a process whose lease ran out
+        # while it worked finds the version written by the one that took over, and writes nothing.
+        cur = await db.execute(
             "INSERT INTO compressive_memories(user_id, scope, version, profile, relationship, events, source_sessions, "
-            "model, flagged, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "model, flagged, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             (job.user_pk, job.scope, version, profile, relationship, events, json.dumps(list(job.sessions)), model,
              flagged, now),
         )
-        await db.executemany(
-            f"UPDATE session_memories SET {marker} = ? WHERE id = ?", [(version, m) for m in job.memory_ids]
-        )
+        if cur.rowcount:
+            await db.executemany(
+                f"UPDATE session_memories SET {marker} = ? WHERE id = ?", [(version, m) for m in job.memory_ids]
+            )
         # New memories may have arrived while we generated: then the job stays pending for the next run.
         async with db.execute(
             f"SELECT COUNT(*) FROM session_memories WHERE user_id = ? AND {marker} IS NULL"
@@ -410,9 +390,5 @@ async def _save_version(
             (job.user_pk,),
         ) as cur:
             left = await cur.fetchone()
-        state = "pending" if left and left[0] else "done"
-        await db.execute(
-            "UPDATE jobs SET state = ?, attempts = 0, last_error = NULL, updated = ? WHERE id = ?",
-            (state, now, job.job_id),
-        )
+        await finish(db, job.job_id, now, state=JobState.PENDING if left and left[0] else JobState.DONE)
     return True

@@ -7,6 +7,7 @@ import json
 
 from bot.app import App
 from bot.incoming import IncomingMessage
+from memory.jobqueue import LEASE_SECONDS, JobKind
 from models.base import Prompt
 from models.fake import FakeBackend, default_response
 from tests.fakes.clock import ManualClock
@@ -46,13 +47,14 @@ async def test_job_killed_half_way_is_redone_once(settings, clock: ManualClock) 
     await app.start(schedule=False)
     await _sessions_for(app, ["alice", "bob"], clock)
     await app.sessions.sweep()
-    claimed = await app.jobs._claim("session_memory")
+    claimed = await app.jobs._claim(JobKind.SESSION_MEMORY)
     assert len(claimed) == 2
     await app.close()  # the "crash": nothing written, jobs left running
+    clock.advance(LEASE_SECONDS + 1)  # the dead process renews nothing (one on this machine: tests/reliability)
 
     app = await App.create(settings, backend=backend, clock=clock)
     try:
-        await app.start(schedule=False)  # recovery requeues running jobs
+        await app.start(schedule=False)  # recovery requeues running jobs whose lease ran out
         await app.jobs.run_until_idle()
         await app.jobs.run_until_idle()
         rows = await app.store.fetchall("SELECT session_id, COUNT(*) FROM session_memories GROUP BY session_id")
@@ -201,3 +203,32 @@ async def test_forget_during_a_job_batch_drops_that_persons_job_and_the_rest_com
         assert [r[0] for r in owners] == ["bob"]  # bob's memory is compressed; nothing is left of alice
     finally:
         await app.close()
+
+
+async def test_a_live_processs_jobs_are_not_taken_by_another_start(settings, clock: ManualClock) -> None:
+    """Two processes on one database (issue #16): the second one's start-up recovery and job run leave the
+    jobs the first is working on (its lease is live) alone, so nothing is done twice."""
+    first = await App.create(settings, backend=FakeBackend(), clock=clock)
+    second: App | None = None
+    try:
+        await first.start(schedule=False)
+        await _sessions_for(first, ["alice", "bob"], clock)
+        await first.sessions.sweep()
+        claimed = await first.jobs._claim(JobKind.SESSION_MEMORY)
+        assert len(claimed) == 2
+
+        second = await App.create(settings, backend=FakeBackend(), clock=clock)
+        await second.start(schedule=False)  # before: every 'running' job went back to pending here
+        report = await second.jobs.run_due()
+        assert report.session_memories.written == 0
+        running = await first.store.fetchall("SELECT id, owner FROM jobs WHERE state = 'running'")
+        assert sorted(r[0] for r in running) == sorted(claimed)
+        assert {r[1] for r in running} == {first.jobs.queue.owner}
+
+        clock.advance(LEASE_SECONDS + 1)  # the first stopped renewing (it hangs, or died on another machine)
+        taken = await second.jobs.run_until_idle()
+        assert taken.session_memories.written == 2 and taken.compressions.written == 2
+    finally:
+        if second is not None:
+            await second.close()
+        await first.close()
