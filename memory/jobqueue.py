@@ -127,10 +127,11 @@ async def delete_session_jobs(db: Any, user_pk: int, session_ids: Iterable[int])
     )
 
 
-async def requeue_expired(store: Store, now: float) -> int:
+async def requeue_expired(store: Store, now: float, *, repair: bool = False) -> int:
     """Running jobs whose process died (its lease expired, or it was on this machine and is gone) are pending
-    again, and a closed session without its job (should not happen, but cheap to guarantee) gets one. A live
-    process's jobs are left alone; jobs from before leases (no lease) count as expired."""
+    again. A live process's jobs are left alone; jobs from before leases (no lease) count as expired.
+    `repair` (at start): a closed session without its job (should not happen) gets one; it reads every
+    closed session, so not on each run."""
     owners = await store.fetchall("SELECT DISTINCT owner FROM jobs WHERE state = 'running' AND owner IS NOT NULL")
     dead = [str(r[0]) for r in owners if _dead_here(str(r[0]))]
     async with store.write() as db:
@@ -140,6 +141,8 @@ async def requeue_expired(store: Store, now: float) -> int:
             "(SELECT value FROM json_each(?)))",
             (now, json.dumps(dead)),
         )
+        if not repair:
+            return max(cur.rowcount, 0)
         await db.execute(
             "INSERT INTO jobs(kind, key, user_id, state, created, updated) "
             "SELECT 'session_memory', CAST(s.id AS TEXT), s.user_id, 'pending', ?, ? FROM sessions s "

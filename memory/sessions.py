@@ -220,7 +220,7 @@ class SessionManager:
         """At start-up: close sessions a crash left open and idle; requeue the jobs of processes that died
         (their leases expired; a live process's are left alone: memory/jobqueue.py)."""
         closed = await self.sweep()
-        requeued = await requeue_expired(self.store, self.clock())
+        requeued = await requeue_expired(self.store, self.clock(), repair=True)
         return {"closed": len(closed), "requeued": requeued}
 
     async def unremembered(self, user_pk: int) -> tuple[int, int]:
