@@ -130,7 +130,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="membot-bench-") as tmp:
         template = Path(tmp) / "template.sqlite3"
         await build_database(template, args.sessions, args.turns)
-        model_settings = bench_settings(template, model__threads=args.threads, model__quantize=args.quantize).model
+        model_settings = bench_settings(template, model__threads=args.threads, model__quantize=args.quantize,
+                                        model__dtype=args.dtype).model
         backend = build_backend(model_settings)
         backend.generate([Prompt(messages=(("user", "Hello!"),))], GenParams(max_new_tokens=2))  # warm-up
         modes: dict[str, Any] = {}
@@ -154,7 +155,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "model": backend.name,
         "quick": args.quick,
         "settings": {"sessions": args.sessions, "turns_per_session": args.turns, "batch_size": args.batch_size,
-                     "memory_max_new_tokens": args.max_new_tokens, "quantize": args.quantize},
+                     "memory_max_new_tokens": args.max_new_tokens, "quantize": args.quantize, "dtype": args.dtype,
+                     "dtype_chosen": str(next(backend.model.parameters()).dtype).removeprefix("torch.")},
         "batched": modes["batched"],
         "sequential": modes["sequential"],
         "speedup": rounded(speedup),
@@ -173,6 +175,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=200, help="model.memory_max_new_tokens")
     parser.add_argument("--threads", type=int, default=None, help="model.threads (default: the config's)")
     parser.add_argument("--quantize", default="none", choices=["none", "int4"], help="model.quantize")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="model.dtype")
     parser.add_argument("--no-reply-probe", dest="reply_probe", action="store_false",
                         help="skip the third run that times a reply sent in the middle of a job batch")
     args = parser.parse_args(argv)

@@ -42,7 +42,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="membot-bench-") as tmp:
         settings = bench_settings(
             Path(tmp) / "bench.sqlite3", model__max_new_tokens=args.max_new_tokens, model__threads=args.threads,
-            model__quantize=args.quantize,
+            model__quantize=args.quantize, model__dtype=args.dtype,
         )
         start = time.perf_counter()
         backend = build_backend(settings.model)
@@ -104,7 +104,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "reply_latency",
         "model": backend.name,
         "quick": args.quick,
-        "settings": {"max_new_tokens": args.max_new_tokens, "quantize": args.quantize,
+        "settings": {"max_new_tokens": args.max_new_tokens, "quantize": args.quantize, "dtype": args.dtype,
+                     "dtype_chosen": str(next(backend.model.parameters()).dtype).removeprefix("torch."),
                      "past_sessions": args.past_sessions, "messages": args.messages,
                      "reply_context_tokens": settings.memory.reply_context_tokens},
         "model_load_s": rounded(load_s),
@@ -137,6 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--past-sessions", type=int, default=30, help="past sessions of history for the person")
     parser.add_argument("--threads", type=int, default=None, help="model.threads (default: the config's)")
     parser.add_argument("--quantize", default="none", choices=["none", "int4"], help="model.quantize")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="model.dtype")
     args = parser.parse_args(argv)
     if args.quick:
         args.messages, args.max_new_tokens, args.past_sessions = 1, 8, 3
