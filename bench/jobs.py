@@ -133,6 +133,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         model_settings = bench_settings(template, model__threads=args.threads, model__quantize=args.quantize,
                                         model__dtype=args.dtype).model
         backend = build_backend(model_settings)
+        chosen = str(next(backend.model.parameters()).dtype).removeprefix("torch.")
         backend.generate([Prompt(messages=(("user", "Hello!"),))], GenParams(max_new_tokens=2))  # warm-up
         modes: dict[str, Any] = {}
         for label, batch_size in (("batched", args.batch_size), ("sequential", 1)):
@@ -156,7 +157,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "quick": args.quick,
         "settings": {"sessions": args.sessions, "turns_per_session": args.turns, "batch_size": args.batch_size,
                      "memory_max_new_tokens": args.max_new_tokens, "quantize": args.quantize, "dtype": args.dtype,
-                     "dtype_chosen": str(next(backend.model.parameters()).dtype).removeprefix("torch.")},
+                     "dtype_chosen": chosen},
         "batched": modes["batched"],
         "sequential": modes["sequential"],
         "speedup": rounded(speedup),

@@ -47,6 +47,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         start = time.perf_counter()
         backend = build_backend(settings.model)
         load_s = time.perf_counter() - start
+        chosen = str(next(backend.model.parameters()).dtype).removeprefix("torch.")
         app = await App.create(settings, backend=backend)
         await app.start(schedule=False)
         captured: list[Any] = []
@@ -105,7 +106,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "model": backend.name,
         "quick": args.quick,
         "settings": {"max_new_tokens": args.max_new_tokens, "quantize": args.quantize, "dtype": args.dtype,
-                     "dtype_chosen": str(next(backend.model.parameters()).dtype).removeprefix("torch."),
+                     "dtype_chosen": chosen,
                      "past_sessions": args.past_sessions, "messages": args.messages,
                      "reply_context_tokens": settings.memory.reply_context_tokens},
         "model_load_s": rounded(load_s),

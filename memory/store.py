@@ -243,6 +243,9 @@ class Store:
         assert self._writer is not None
         if str(self.path) == ":memory:":
             return
+        # A process starting at the same moment may hold the lock (migrating): wait for it, as every
+        # connection does, rather than take "database is locked" for damage.
+        await self._writer.execute(f"PRAGMA busy_timeout={MIGRATION_WAIT_MS}")
         try:
             async with self._writer.execute("PRAGMA quick_check(1)") as cur:
                 row = await cur.fetchone()
