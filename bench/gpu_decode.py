@@ -1,8 +1,9 @@
-"""GPU decode speed (issue #17 item 6): transformers' generate() against the project's own decode loops, the
-static-cache CUDA-graph path and transformers' static cache (+ torch.compile), on one CUDA GPU.
+"""GPU decode speed (issue #17 item 6): transformers' generate() against the project's own decode loops and
+transformers' static cache (+ torch.compile), on one CUDA GPU.
 
-Why: the own loops (models/decode.py, models/continuous_decode.py) were built and measured on a 2-core CPU,
-and models/cuda_graph_decode.py has never run on a GPU at all. On a GPU a small model's decode step is
+Why: the own loops (models/decode.py, models/continuous_decode.py) were built and measured on a 2-core CPU.
+(The own CUDA-graph path that this script also measured on 2026-12-04, 2.1-4.9x generate() against 5.1-6.7x
+for transformers' static cache + torch.compile, was deleted after that run: docs/benchmarks.md "GPU".) On a GPU a small model's decode step is
 dominated by kernel launches and Python overhead, so the ranking can differ from the CPU's. This script
 answers, for a SmolLM2-135M-shaped model (the bot's model) and a larger ~1.1B Llama (TinyLlama shape),
 both with random weights (nothing is downloaded), bfloat16, batches 1 and 64, 128-token random prompts and
@@ -23,13 +24,9 @@ measurements, so what runs out of time is the least important):
 2. ``own_decode``: ``models.decode.decode`` (DynamicCache with in-place growing layers);
 3. ``own_continuous``: ``models.continuous_decode.decode_continuous`` with ``max_rows`` = the batch;
    (1-3 for the small model, then the large one)
-4. ``own_cuda_graphs``: ``models.cuda_graph_decode.decode_with_static_cache(capture=True)`` called directly,
-   so a failure is reported with its error text instead of silently falling back to the plain loop;
-5. the reply-during-a-job figure (small model);
-6. ``hf_static``: ``generate(cache_implementation="static", disable_compile=True)``;
-7. ``own_static_eager``: the CUDA-graph path's static cache without capture (``capture=False``): separates
-   what the static cache costs from what the graph replay gains;
-8. ``hf_static_compiled``: ``generate(cache_implementation="static")``; on CUDA transformers then compiles
+4. the reply-during-a-job figure (small model);
+5. ``hf_static``: ``generate(cache_implementation="static", disable_compile=True)``;
+6. ``hf_static_compiled``: ``generate(cache_implementation="static")``; on CUDA transformers then compiles
    the decode step itself with ``torch.compile(mode="reduce-overhead")`` (its default CompileConfig), which
    is what ``model.forward = torch.compile(model.forward, mode="reduce-overhead")`` would do for the decode
    steps; the warm-up time is the compilation. Each compilation runs under its own time limit.
@@ -45,7 +42,7 @@ Run (from the repository root; needs only torch, transformers and the standard l
     .venv/bin/python bench/gpu_decode.py --quick  # CPU smoke test: tiny models, seconds
 
 Output: one JSON object on stdout; progress on stderr. The script imports only torch, transformers, the
-standard library and models.decode / continuous_decode / kv_cache / cuda_graph_decode / worker / base (none of
+standard library and models.decode / continuous_decode / kv_cache / worker / base (none of
 which import anything else), so it runs where the bot's other dependencies are not installed.
 """
 
@@ -103,9 +100,9 @@ TINY = {
 TINY_WIDER = {**TINY, "hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 8,
               "tie_word_embeddings": False}
 
-VARIANTS = ("generate", "own_decode", "own_continuous", "own_cuda_graphs", "hf_static", "own_static_eager",
+VARIANTS = ("generate", "own_decode", "own_continuous", "hf_static",
             "hf_static_compiled")
-CUDA_ONLY = {"own_cuda_graphs", "hf_static_compiled"}
+CUDA_ONLY = {"hf_static_compiled"}
 # A job batch's prompts are prefilled this many at a time (models/transformers_backend.PREFILL_ROWS).
 JOB_PREFILL_ROWS = 2
 WORKER_BATCH_WAIT_MS = 5.0  # the bot's default model.batch_wait_ms (bot/config.py)
@@ -239,17 +236,6 @@ def run_continuous(model: Any, ids: Any, mask: Any, new_tokens: int, pad_id: int
     marks, poll = _marker()
     rows = decode_continuous(model, ids, mask, DecodeParams(max_new_tokens=new_tokens), max_rows=ids.shape[0],
                              should_stop=poll)
-    return rows, (marks[1] if len(marks) > 1 else None)
-
-
-def run_static(model: Any, ids: Any, mask: Any, new_tokens: int, pad_id: int, device: str,
-               capture: bool) -> tuple[list[list[int]], float | None]:
-    from models.cuda_graph_decode import decode_with_static_cache
-    from models.decode import DecodeParams
-
-    marks, poll = _marker()
-    rows = decode_with_static_cache(model, ids, mask, DecodeParams(max_new_tokens=new_tokens), pad_token_id=pad_id,
-                                    should_stop=poll, capture=capture)
     return rows, (marks[1] if len(marks) > 1 else None)
 
 
@@ -719,19 +705,6 @@ def main(argv: list[str] | None = None) -> None:
                 bench.measure(key, get_model(key), batch, variant, run,
                               after_warmup=None if after is None else after(key, batch), **kw)
 
-    def graphs_after_warmup(model_key: str, batch: int) -> Callable[[], dict[str, Any]]:
-        def check() -> dict[str, Any]:
-            # The production entry point returns None when it fell back to the plain loop.
-            from models import cuda_graph_decode
-            from models.decode import DecodeParams
-
-            model = models[model_key]
-            ids, mask = bench.inputs[(model_key, batch)]
-            got = cuda_graph_decode.try_decode_with_cuda_graphs(
-                model, ids, mask, DecodeParams(max_new_tokens=2), pad_token_id=bench.pad_id(model), should_stop=None)
-            return {"production_entry_used_graphs": got is not None}
-        return check
-
     try:
         for key in specs:
             for batch in batches:
@@ -743,7 +716,6 @@ def main(argv: list[str] | None = None) -> None:
                         bench.not_run.append(f"{key} batch {batch} {variant}")
                         continue
                     bench.measure(key, model, batch, variant, run)
-        each("own_cuda_graphs", lambda *a: run_static(*a, capture=True), after=graphs_after_warmup)
         first_key = next(iter(specs))
         if first_key in models:
             result["reply_during_job"] = {"model": first_key,
@@ -751,7 +723,6 @@ def main(argv: list[str] | None = None) -> None:
         else:
             result["reply_during_job"] = {"status": "skipped: the model was never built"}
         each("hf_static", lambda *a: run_generate(*a, cache_implementation="static", disable_compile=True))
-        each("own_static_eager", lambda *a: run_static(*a, capture=False))
 
         def compiled(*a: Any) -> tuple[list[list[int]], float | None]:
             return run_generate(*a, cache_implementation="static")
@@ -780,9 +751,6 @@ def main(argv: list[str] | None = None) -> None:
         "hf_static_compiled is transformers' own path: generate() with a static cache compiles the decode "
         "step with torch.compile(mode='reduce-overhead'); a separate model.forward = torch.compile(...) "
         "variant would compile the same steps again and was left out to keep within the time limit.",
-        "own_cuda_graphs calls decode_with_static_cache(capture=True) directly so a failure shows its error; "
-        "production_entry_used_graphs says whether try_decode_with_cuda_graphs (what decode(use_cuda_graphs="
-        "True) calls) took the graph path or fell back.",
     ]
     if cuda:
         result["environment"]["peak_gpu_memory_gib"] = rounded(torch.cuda.max_memory_allocated() / 2**30)

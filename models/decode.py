@@ -67,7 +67,6 @@ def decode(
     *,
     pad_token_id: int,
     should_stop: Callable[[], bool] | None = None,
-    use_cuda_graphs: bool = False,
     stepper: Any = None,
     prefill_rows: int | None = None,
 ) -> list[list[int]]:
@@ -76,13 +75,10 @@ def decode(
     Returns, for every input row, the newly generated token ids without the stop
     token. ``should_stop`` is polled before every forward pass; when it returns
     True the tokens generated so far are returned (cancellation, e.g. the user
-    sent a new message). ``use_cuda_graphs`` selects the static-cache + CUDA graph
-    path in :mod:`models.cuda_graph_decode`; it falls back to this plain loop when
-    the model is not on CUDA or capture fails.
+    sent a new message).
 
-    ``pad_token_id`` is accepted for API symmetry with ``generate()`` and is used
-    by the CUDA-graph path to fill bucket padding rows; the plain loop never feeds
-    pad tokens because finished rows leave the batch.
+    ``pad_token_id`` is accepted for API symmetry with ``generate()``; the loop never feeds pad tokens
+    because finished rows leave the batch.
 
     ``stepper`` (a :class:`models.fast_llama.FastLlamaStepper`) runs the decode steps after the prefill
     instead of the model's own forward (the int4 CPU path). ``prefill_rows`` prefills a big batch that many
@@ -95,26 +91,12 @@ def decode(
     if batch_size == 0 or params.max_new_tokens <= 0:
         return [[] for _ in range(batch_size)]
 
-    if use_cuda_graphs:
-        from models import cuda_graph_decode
-
-        result = cuda_graph_decode.try_decode_with_cuda_graphs(
-            model,
-            input_ids,
-            attention_mask,
-            params,
-            pad_token_id=pad_token_id,
-            should_stop=should_stop,
-        )
-        if result is not None:
-            return result
-
     return _decode_dynamic(model, input_ids, attention_mask, params, should_stop=should_stop, stepper=stepper,
                            prefill_rows=prefill_rows)
 
 
 # --------------------------------------------------------------------------------------
-# Token selection (shared with the CUDA-graph path)
+# Token selection
 # --------------------------------------------------------------------------------------
 
 

@@ -145,4 +145,4 @@ def test_gpu_decode_quick_runs_without_a_gpu() -> None:
     assert result["quick"] is True and result["summary"]
     for variants in result["summary"].values():
         assert variants["generate"][2] == 1.0
-        assert str(variants["own_cuda_graphs"]).startswith("skipped")
+        assert str(variants["hf_static_compiled"]).startswith("skipped")

@@ -20,7 +20,6 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from models.cuda_graph_decode import batch_bucket, cache_bucket, decode_with_static_cache
 from models.decode import DecodeParams, decode
 from tests.tiny_models import build_tiny_gpt2, build_tiny_llama, early_stop_token
 
@@ -146,41 +145,6 @@ def test_penalties_match_generate_without_padding(tiny: Bundle) -> None:
     tokens = single.input_ids[0].tolist() + got[0]
     bigrams = list(itertools.pairwise(tokens))
     assert len(bigrams) == len(set(bigrams))
-
-
-def test_static_cache_path_matches_plain_loop(tiny: Bundle) -> None:
-    """The CUDA-graph path's bookkeeping (buckets, 4-D mask, StaticCache) run eagerly on CPU."""
-    expected = _decode(tiny)
-    stop = early_stop_token(expected)
-    for params in (
-        DecodeParams(max_new_tokens=NEW_TOKENS),
-        DecodeParams(max_new_tokens=NEW_TOKENS, stop_token_ids=(stop,)),
-    ):
-        got = decode_with_static_cache(
-            tiny.model, tiny.input_ids, tiny.attention_mask, params, pad_token_id=tiny.pad_id, capture=False
-        )
-        assert got == _decode(
-            tiny, max_new_tokens=params.max_new_tokens, stop_token_ids=params.stop_token_ids
-        )
-
-
-def test_use_cuda_graphs_falls_back_on_cpu(tiny: Bundle) -> None:
-    got = decode(
-        tiny.model,
-        tiny.input_ids,
-        tiny.attention_mask,
-        DecodeParams(max_new_tokens=8),
-        pad_token_id=tiny.pad_id,
-        use_cuda_graphs=True,
-    )
-    assert got == _decode(tiny, max_new_tokens=8)
-
-
-def test_buckets() -> None:
-    assert [batch_bucket(n) for n in (1, 2, 3, 5, 64)] == [1, 2, 4, 8, 64]
-    assert batch_bucket(65) is None
-    assert cache_bucket(10) == 256
-    assert cache_bucket(257) == 512
 
 
 # ---------------------------------------------------------------- sampling
