@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sqlite3
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -167,8 +166,6 @@ class Dispatcher:
             return Reply(APOLOGY, kind="apology")
         try:
             await self.sessions.record_bot_message(recorded, answer)
-        except sqlite3.IntegrityError:  # a server admin deleted the conversation while the model wrote
-            log.info("a reply was not stored: its conversation was deleted meanwhile")
         except (StoreError, OSError) as exc:
             log.error("could not store a reply: %s", exc)
         note = f"(Your message was long, so I kept the first {self.settings.max_message_chars} characters.)\n" if cut else ""
