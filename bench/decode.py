@@ -19,6 +19,10 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.util
+import json
+import os
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -102,19 +106,50 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
 
-def llama_cpp_rate(gguf: str, prompt: str, new_tokens: int, threads: int | None, repeats: int) -> dict[str, Any] | None:
-    """New tokens/s of llama.cpp on the same GGUF, when llama-cpp-python is installed."""
+def llama_cpp_rate(gguf: str, prompt: str, new_tokens: int, threads: int, repeats: int) -> dict[str, Any] | None:
+    """llama.cpp on the same GGUF and the same rendered prompt, when llama-cpp-python is installed (an optional
+    benchmark dependency, never a runtime one: it builds from source in ~6 minutes).
+
+    Like the torch side, it must make exactly `new_tokens` tokens: the end-of-text token is banned with a
+    logit bias (before, llama.cpp stopped at it after a few tokens while the rate divided `max_tokens` by the
+    time: "530,000 tokens/s"), and the tokens are counted from its own usage report. Prefill (time to the first
+    token) and decode (the tokens after it) are timed separately; the prompt cache is reset before each run, so
+    every run prefills."""
     if importlib.util.find_spec("llama_cpp") is None:
         return None
+    if os.environ.get("MEMBOT_BENCH_LLAMA_CHILD") != "1":
+        # In its own process, its OpenMP threads spinning while they wait: membot sets OMP_WAIT_POLICY=PASSIVE
+        # for torch (docs/benchmarks.md), and llama.cpp's threads then sleep between its many small operations
+        # (43 against 124 tokens/s decoding, measured 2026-12-04). Its best case, not membot's setting.
+        env = {**os.environ, "OMP_WAIT_POLICY": "ACTIVE", "MEMBOT_BENCH_LLAMA_CHILD": "1"}
+        spec = json.dumps([gguf, prompt, new_tokens, threads, repeats])
+        done = subprocess.run([sys.executable, __file__, "--llama-cpp-child", spec], env=env, capture_output=True,
+                              text=True, timeout=900, check=True)
+        return json.loads(done.stdout.strip().splitlines()[-1])
     from llama_cpp import Llama  # type: ignore[import-not-found]
 
-    llm = Llama(model_path=gguf, n_ctx=1024, n_threads=threads or None, verbose=False)
-    best = float("inf")
-    for _ in range(repeats):
+    llm = Llama(model_path=gguf, n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
+    ban_end = {llm.token_eos(): -1e9}
+
+    def run(n: int) -> tuple[float, int, int]:
+        llm.reset()
         start = time.perf_counter()
-        llm(prompt, max_tokens=new_tokens, temperature=0.0)
-        best = min(best, time.perf_counter() - start)
-    return {"new_tokens_per_s": rounded(new_tokens / best)}
+        out = llm.create_completion(prompt, max_tokens=n, temperature=0.0, logit_bias=ban_end)
+        elapsed = time.perf_counter() - start
+        return elapsed, int(out["usage"]["completion_tokens"]), int(out["usage"]["prompt_tokens"])
+
+    run(new_tokens)  # warm-up
+    ttft = min(run(1)[0] for _ in range(repeats))
+    fulls = [run(new_tokens) for _ in range(repeats)]
+    total, produced, prompt_tokens = min(fulls)
+    if produced != new_tokens:
+        raise RuntimeError(f"llama.cpp made {produced} tokens, not {new_tokens}: the comparison would be unfair")
+    return {
+        "prompt_tokens": prompt_tokens, "new_tokens": produced, "ttft_s": rounded(ttft),
+        "prefill_tokens_per_s": rounded(prompt_tokens / ttft),
+        "decode_tokens_per_s": rounded((produced - 1) / (total - ttft)) if total > ttft else None,
+        "new_tokens_per_s": rounded(produced / total),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -129,7 +164,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-int4-hf", action="store_true",
                         help="skip int4 through transformers' steps (shown to isolate the own decode steps)")
     parser.add_argument("--cache-dir", default=None, help="the de-quantized model folder (default: .cache/)")
+    parser.add_argument("--llama-cpp-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.llama_cpp_child:  # llama_cpp_rate in its own process
+        print(json.dumps(llama_cpp_rate(*json.loads(args.llama_cpp_child))))
+        return
     if args.quick:
         args.batches, args.new_tokens, args.repeats = "1,2", "4", 1
 
@@ -140,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from models.embedded import GGUF_FILE, MODEL_NAME, gguf_folder
     from models.quantize import int4_available, quantize_model
-    from models.transformers_backend import fast_stepper
+    from models.transformers_backend import fast_stepper, pick_dtype
 
     batches = [int(b) for b in args.batches.split(",")]
     counts = [int(n) for n in args.new_tokens.split(",")]
@@ -157,6 +196,9 @@ def main(argv: list[str] | None = None) -> None:
         "generate_fp32": ("generate", fp32, None),
         "lean_fp32": ("lean", fp32, None),
     }
+    default_dtype, why = pick_dtype("auto", "cpu")
+    if default_dtype != torch.float32:  # what `model.dtype = "auto"` runs on this CPU (bfloat16 with AVX512-BF16)
+        variants["lean_default"] = ("lean", copy.deepcopy(fp32).to(default_dtype), None)
     quant_info: dict[str, Any] | None = None
     if not args.no_int4 and int4_available():
         int4 = copy.deepcopy(fp32)
@@ -224,9 +266,23 @@ def main(argv: list[str] | None = None) -> None:
         results[f"batch_{batch}"] = entry
 
     sample = tokenizer.decode(runs.get("lean_int4", runs["lean_fp32"])[0]["rows"][0], skip_special_tokens=True)
-    llama = llama_cpp_rate(str(gguf_folder() / GGUF_FILE), PROMPTS[0], counts[0], args.threads, args.repeats)
+    rendered = tokenizer.apply_chat_template(  # row 0 of every batch: the same text on both sides
+        [{"role": "system", "content": SYSTEM}, {"role": "user", "content": PROMPTS[0]}], tokenize=False,
+        add_generation_prompt=True)
+    # As many threads as torch uses (llama-cpp-python's own default is half the cores).
+    llama = llama_cpp_rate(str(gguf_folder() / GGUF_FILE), rendered, counts[0], torch.get_num_threads(),
+                           args.repeats)
     first = results[f"batch_{batches[0]}"]
-    best_lean = max(first["lean_fp32"]["new_tokens_per_s"], first.get("lean_int4", {}).get("new_tokens_per_s", 0))
+    versus_llama: dict[str, Any] | None = None
+    if llama and first["batch"] == 1:
+        prompt_tokens = len(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+        versus_llama = {"prompt_tokens_torch_side": prompt_tokens}
+        for name in [n for n in ("lean_default", "lean_fp32", "lean_int4") if n in first]:
+            mine = first[name]
+            versus_llama[name] = {
+                "prefill_ratio": rounded(llama["ttft_s"] / mine["ttft_s"]),  # > 1: membot faster
+                "decode_ratio": rounded((mine["decode_tokens_per_s"] or 0) / (llama["decode_tokens_per_s"] or 1)),
+            }
     emit({
         "benchmark": "decode",
         "model": MODEL_NAME,
@@ -234,11 +290,12 @@ def main(argv: list[str] | None = None) -> None:
         "quick": args.quick,
         "settings": {"greedy": True, "stop_tokens": None, "repeats": args.repeats, "repetition_penalty": 1.0},
         "int4": quant_info,
+        "default_dtype": f"{str(default_dtype).removeprefix('torch.')} ({why})",
         "results": results,
         "sample_int4_or_fp32_text": sample[:200],
-        "llama_cpp": llama or "not measured: llama-cpp-python is not installed (no wheel for this platform; "
-                              "building it from source was out of scope)",
-        "ratio_to_llama_cpp_batch1": rounded(best_lean / llama["new_tokens_per_s"]) if llama else None,
+        "llama_cpp": llama or "not measured: llama-cpp-python is not installed (an optional benchmark "
+                              "dependency: `pip install llama-cpp-python`, which builds llama.cpp from source)",
+        "versus_llama_cpp_batch1": versus_llama,
         "machine": machine(args.threads),
     })
 
