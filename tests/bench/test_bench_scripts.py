@@ -72,6 +72,14 @@ def test_decode_quick(embedded_cache: Path) -> None:
 
 
 @pytest.mark.slow
+def test_transformers_cb_quick(embedded_cache: Path) -> None:
+    result = run_quick("transformers_cb.py")
+    assert result["new_tokens"] == {"transformers_generate_batch": 32, "own_continuous": 32}
+    assert result["identical_rows"] == 4  # greedy: the same tokens either way
+    assert result["ratio_transformers_to_own"] > 0
+
+
+@pytest.mark.slow
 def test_reply_latency_quick(embedded_cache: Path) -> None:
     result = run_quick("reply_latency.py")
     assert result["dispatcher_s_total"] > 0 and result["raw_backend_generate_s_total"] > 0
