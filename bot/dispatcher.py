@@ -278,8 +278,7 @@ class Dispatcher:
             return await self.erase(platform, user_id, by_admin=by_admin)
         except (StoreError, OSError) as exc:
             log.error("forget failed: %s", exc)
-            reason = str(exc) if isinstance(exc, StoreError) else "storage is unavailable"
-            return f"Sorry, nothing was deleted: {reason}. Please try again later."
+            return _nothing_deleted(exc)
 
     async def erase(self, platform: str, user_id: str, *, by_admin: bool = False) -> str:
         """Delete everything about a person; raises StoreError when storage fails (the CLI exits non-zero)."""
@@ -336,8 +335,7 @@ class Dispatcher:
                 self.store, user_pk, platform, server, self.sessions.clock())
         except (StoreError, OSError) as exc:
             log.error("server forget failed: %s", exc)
-            reason = str(exc) if isinstance(exc, StoreError) else "storage is unavailable"
-            return f"Sorry, nothing was deleted: {reason}. Please try again later."
+            return _nothing_deleted(exc)
         if not counts["sessions"]:
             return f"There was nothing stored about {who} in this server."
         log.info("forgot a %s user's data in one server (%d messages)", platform, counts["messages"])
@@ -350,6 +348,12 @@ class Dispatcher:
     async def compress_now(self) -> str:
         report = await self.jobs.run_due()
         return "Memory jobs ran: " + report.summary() + "."
+
+
+def _nothing_deleted(exc: Exception) -> str:
+    """A failed deletion is one rolled-back transaction: say so, with the store's one-sentence reason."""
+    reason = str(exc) if isinstance(exc, StoreError) else "storage is unavailable"
+    return f"Sorry, nothing was deleted: {reason}. Please try again later."
 
 
 def _conversations(n: int, adjective: str = "") -> str:

@@ -23,16 +23,18 @@ def _token(env_name: str) -> str | None:
 
 async def run_platforms(settings: Settings) -> int:
     platforms = (("telegram", settings.telegram.token_env), ("discord", settings.discord.token_env))
-    for _, env_name in platforms:
-        if _token(env_name):
-            redact_in_logs(_token(env_name))  # from the moment it is read: every log line and error message
+    tokens = {platform: _token(env_name) for platform, env_name in platforms}
+    for token in tokens.values():
+        if token:
+            redact_in_logs(token)  # from the moment it is read: every log line and error message
     lock = RunLock(settings.storage.resolved_path())
     lock.acquire()  # first, before the model loads: a second bot on the same file stops at once, with one line
     try:
-        plans: list[tuple[str, str]] = []
+        plans: list[tuple[str, str]] = []  # (platform, token)
         for platform, env_name in platforms:
-            if _token(env_name):
-                plans.append((platform, env_name))
+            token = tokens[platform]
+            if token:
+                plans.append((platform, token))
             else:
                 log.warning("%s not started: the environment variable %s is not set", platform.title(), env_name)
         if not plans:
@@ -60,8 +62,8 @@ async def _run(settings: Settings, plans: list[tuple[str, str]]) -> int:
     adapters: list[Any] = []
     try:
         await app.start()
-        starters = [asyncio.create_task(_keep_starting(platform, app, _token(env_name) or "", stop, adapters),
-                                        name=f"start-{platform}") for platform, env_name in plans]
+        starters = [asyncio.create_task(_keep_starting(platform, app, token, stop, adapters),
+                                        name=f"start-{platform}") for platform, token in plans]
         stopped = asyncio.create_task(stop.wait())
         waiting: set[asyncio.Task[Any]] = {stopped, *starters}
         try:

@@ -76,6 +76,13 @@ async def enqueue(db: Any, kind: JobKind, key: str, user_pk: int, now: float, *,
     )
 
 
+async def queue_compression(db: Any, user_pk: int, private: bool, now: float) -> None:
+    """Inside the caller's transaction: compress the person's memories again (the "all" scope, and the
+    "public" one too unless only private memories changed)."""
+    for scope in ["all"] if private else ["all", "public"]:
+        await enqueue(db, JobKind.COMPRESS, f"{user_pk}:{scope}", user_pk, now, again=True)
+
+
 async def finish(db: Any, job_id: int, now: float, *, state: JobState = JobState.DONE, error: str | None = None,
                  attempt: bool = False) -> None:
     """Inside the caller's transaction (with the job's result): done, or pending again when more arrived.

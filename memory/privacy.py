@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 from memory.dates import to_datetime
-from memory.jobqueue import JobKind, delete_session_jobs, enqueue
+from memory.jobqueue import delete_session_jobs, queue_compression
 from memory.store import Store
 
 
@@ -90,9 +90,8 @@ async def forget_user_in_server(store: Store, user_pk: int, platform: str, serve
                 (user_pk,),
             ) as cur:
                 left = await cur.fetchone()
-            scopes = [] if not left or not left[0] else ["all"] + (["public"] if left[1] else [])
-            for scope in scopes:  # a run composing the old memory now saves nothing (memory/tasks.py)
-                await enqueue(db, JobKind.COMPRESS, f"{user_pk}:{scope}", user_pk, now, again=True)
+            if left and left[0]:  # a run composing the old memory now saves nothing (memory/tasks.py)
+                await queue_compression(db, user_pk, private=not left[1], now=now)
     counts["erased"] = int(await store.checkpoint())
     return counts
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from memory.jobqueue import queued_count
 from memory.store import Store
 
 
@@ -33,7 +34,7 @@ async def bot_counts(store: Store) -> BotCounts:
         users=int(await q("SELECT COUNT(*) FROM users") or 0),
         open_sessions=int(await q("SELECT COUNT(*) FROM sessions WHERE state = 'open'") or 0),
         messages=int(await q("SELECT COUNT(*) FROM messages") or 0),
-        queued_jobs=int(await q("SELECT COUNT(*) FROM jobs WHERE state IN ('pending', 'running')") or 0),
+        queued_jobs=await queued_count(store),
         flagged_outputs=int(await q("SELECT COUNT(*) FROM model_outputs WHERE flagged = 1") or 0),
         memory_versions=int(await q("SELECT COUNT(*) FROM compressive_memories") or 0),
     )

@@ -66,14 +66,19 @@ def _private_file(path: Path) -> None:
     os.chmod(path, 0o600)
 
 
+def _new_private_file(path: Path) -> None:
+    """Create `path` empty, readable by its owner only whatever the umask; refuse if it exists."""
+    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    os.chmod(path, 0o600)
+
+
 def _create(path: Path) -> None:
     """A new database appears whole: made beside it with its header written (SQLite writes one only at the
     first write, so a crash, or a second process starting at the same moment, would find 0 bytes), then
     linked into place; if another process linked theirs first, theirs is used."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
-    os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    _new_private_file(tmp)
     try:
-        os.chmod(tmp, 0o600)
         conn = sqlite3.connect(tmp)
         try:
             conn.execute("PRAGMA user_version = 0")
@@ -179,8 +184,7 @@ def backup_file(path: Path, out: Path) -> int:
         raise StoreError(f"{out} exists already; choose a new file for the backup")
     src = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        os.close(os.open(out, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-        os.chmod(out, 0o600)
+        _new_private_file(out)
         dst = sqlite3.connect(out)
         try:
             src.backup(dst)

@@ -19,7 +19,7 @@ from typing import Protocol
 from memory.dates import format_date, resolve_relative
 from memory.evidence import Evidence
 from memory.facts import compose, extract, session_facts
-from memory.jobqueue import JobKind, JobState, drop, enqueue, finish, job_row, postpone, retry
+from memory.jobqueue import JobState, drop, finish, job_row, postpone, queue_compression, retry
 from memory.store import Store
 from models.base import BackendError, Generation, GenParams, Prompt
 from models.profiles.base import CompressionInput, CompressionOutput, Profile, SessionInput
@@ -122,13 +122,6 @@ async def _record_output(store: Store, job_id: int, user_pk: int, task: str, raw
     except sqlite3.IntegrityError as exc:
         if not _forgotten(exc):
             raise
-
-
-async def queue_compression(db: object, user_pk: int, private: bool, now: float) -> None:
-    """Inside the caller's transaction: compress the person's memories again (both scopes, unless the new
-    session memory is private)."""
-    for scope in ["all"] if private else ["all", "public"]:
-        await enqueue(db, JobKind.COMPRESS, f"{user_pk}:{scope}", user_pk, now, again=True)
 
 
 async def write_session_memories(
