@@ -172,7 +172,7 @@ async def measure_baseline(store: Any, heavy: int, typical: int, queries: int, r
 
     start = time.perf_counter()
     async with store.write() as db:
-        await db.executescript(BASELINE_SQL)
+        await db.conn.executescript(BASELINE_SQL)
     built = time.perf_counter() - start
     sizes = await store.fetchall(
         "SELECT (SELECT SUM(LENGTH(block)) FROM messages_fts_data), (SELECT SUM(LENGTH(block)) FROM baseline_fts_data)")
@@ -193,7 +193,7 @@ async def measure_baseline(store: Any, heavy: int, typical: int, queries: int, r
         out[label] = {"p50_ms": rounded(1000 * percentile(times, 50)), "p95_ms": rounded(1000 * percentile(times, 95)),
                       "top42_overlap_with_owner_terms": rounded(overlap / queries)}
     async with store.write() as db:
-        await db.executescript("DROP TABLE baseline_fts;")
+        await db.conn.executescript("DROP TABLE baseline_fts;")
     return out
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import NoReturn, TextIO
 
 from bot.config import ConfigError, Settings, load_settings
-from bot.text import redact
+from bot.text import redact, redact_in_logs
 
 log = logging.getLogger("membot")
 
@@ -87,13 +87,19 @@ def _parser() -> argparse.ArgumentParser:
         if action == "forget":
             p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
 
-    db = sub.add_parser("db", parents=[common], help="check or back up the database")
+    db = sub.add_parser("db", parents=[common], help="check, back up, migrate or copy the database")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     db_sub.add_parser("check", parents=[common],
                       help="check the whole database file (integrity and full-text index); exit 1 if damaged")
     backup = db_sub.add_parser("backup", parents=[common],
                                help="copy the database consistently (safe while the bot runs), readable by you only")
     backup.add_argument("out", metavar="FILE", help="the new backup file (must not exist)")
+    db_sub.add_parser("migrate", parents=[common],
+                      help="bring the database's schema up to date and exit (SQLite or PostgreSQL)")
+    copy = db_sub.add_parser("copy", parents=[common],
+                             help="copy the SQLite database into an empty PostgreSQL one, then compare them")
+    copy.add_argument("--to", required=True, metavar="URL",
+                      help="postgresql://user@host/database (password from storage.password_env or PGPASSWORD)")
 
     ev = sub.add_parser("eval", parents=[common], help="benchmarks of the memory")
     ev_sub = ev.add_subparsers(dest="eval_command", required=True, metavar="BENCHMARK")
@@ -178,6 +184,8 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "memory":
         return await _memory(settings, args)
     if args.command == "db":
+        if args.db_command in ("migrate", "copy"):
+            return await _db_move(settings, args)
         return await asyncio.to_thread(_db, settings, args)
     if args.command == "eval":
         from memory.locomo.run import run_locomo_cli
@@ -239,10 +247,64 @@ class JobsProgress:
             self._shown = 0
 
 
+async def _db_move(settings: Settings, args: argparse.Namespace) -> int:
+    """`membot db migrate` (either backend) and `membot db copy --to URL` (SQLite to PostgreSQL)."""
+    from memory.store import Store, StoreError
+
+    password = settings.storage.password()
+    redact_in_logs(password)
+    if args.db_command == "migrate":
+        store = await Store.open(settings.storage.target(), password=password)
+        await store.close()
+        print(f"{_shown(settings)}: schema up to date")
+        return 0
+    from memory.copy import copy_sqlite_to_postgres
+    from memory.postgres_store import PostgresStore, where
+    from memory.sqlite_store import RunLock
+
+    if settings.storage.url is not None:
+        print("membot: db copy reads the SQLite database (storage.path); unset storage.url for it", file=sys.stderr)
+        return 2
+    if not args.to.startswith(("postgresql://", "postgres://")):
+        print("membot: --to takes a postgresql://user@host/database URL", file=sys.stderr)
+        return 2
+    source = settings.storage.resolved_path()
+    if not source.exists():
+        print(f"membot: {source} does not exist: nothing to copy", file=sys.stderr)
+        return 1
+    lock = RunLock(source)
+    lock.acquire()  # no bot writes to the file meanwhile (and none is running now: one line if it is)
+    try:
+        target = PostgresStore(args.to, password=password)
+        await target.connect()
+        try:
+            report = await copy_sqlite_to_postgres(source, target)
+        except StoreError as exc:
+            print(f"membot: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            await target.close()
+    finally:
+        lock.release()
+    print(f"Copied {source} to {where(args.to)}: {report.summary()}.")
+    print(f'Now set [storage] url = "{args.to}" (and remove path) to run on PostgreSQL.')
+    return 0
+
+
+def _shown(settings: Settings) -> str:
+    from memory.postgres_store import where
+
+    return where(settings.storage.url) if settings.storage.url else str(settings.storage.resolved_path())
+
+
 def _db(settings: Settings, args: argparse.Namespace) -> int:
     """`membot db check` / `membot db backup FILE`: on the file itself, without loading a model."""
-    from memory.store import backup_file, check_file
+    from memory.sqlite_store import backup_file, check_file
 
+    if settings.storage.url is not None:
+        print(f"membot: db {args.db_command} is for SQLite files; on PostgreSQL use its own tools "
+              "(pg_dump for a backup, amcheck for a check)", file=sys.stderr)
+        return 2
     path = settings.storage.resolved_path()
     if args.db_command == "check":
         problems = check_file(path)

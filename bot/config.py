@@ -107,7 +107,42 @@ class MemorySettings(Section):
 
 
 class StorageSettings(Section):
+    """SQLite at `path` (the default: a file in the user's data directory), or PostgreSQL at `url` for several
+    processes or machines (docs/deployment.md). The URL carries no password: `password_env` names the
+    environment variable that holds it, so the config file can be shared and the URL logged."""
+
     path: Path | None = None
+    url: str | None = None
+    password_env: str | None = None
+
+    @model_validator(mode="after")
+    def _check_url(self) -> StorageSettings:
+        if self.url is None:
+            return self
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise PydanticCustomError("storage_url", "storage.url: only postgresql://... URLs are supported "
+                                      "(SQLite is storage.path)")
+        if parts.password:
+            raise PydanticCustomError(
+                "storage_password",
+                "storage.url: take the password out of the URL; put it in an environment variable and name "
+                "that variable in storage.password_env",
+            )
+        if self.path is not None:
+            raise PydanticCustomError("storage_both", "storage: set path (SQLite) or url (PostgreSQL), not both")
+        return self
+
+    def target(self) -> str | Path:
+        """What `Store.open` takes: the PostgreSQL URL, or the SQLite file."""
+        return self.url if self.url else self.resolved_path()
+
+    def password(self) -> str | None:
+        if not self.password_env:
+            return None
+        return os.environ.get(self.password_env) or None
 
     def resolved_path(self) -> Path:
         """Default to the user's data directory (XDG_DATA_HOME honoured) so no config is needed."""

@@ -11,7 +11,7 @@ from typing import Any
 
 from bot.config import Settings
 from bot.text import redact, redact_in_logs
-from memory.store import RunLock
+from memory.sqlite_store import RunLock
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +27,11 @@ async def run_platforms(settings: Settings) -> int:
     for token in tokens.values():
         if token:
             redact_in_logs(token)  # from the moment it is read: every log line and error message
-    lock = RunLock(settings.storage.resolved_path())
-    lock.acquire()  # first, before the model loads: a second bot on the same file stops at once, with one line
+    # SQLite: first, before the model loads, a second bot on the same file stops at once, with one line.
+    # PostgreSQL serves several bot processes: no lock.
+    lock = RunLock(settings.storage.resolved_path()) if settings.storage.url is None else None
+    if lock is not None:
+        lock.acquire()
     try:
         plans: list[tuple[str, str]] = []  # (platform, token)
         for platform, env_name in platforms:
@@ -45,7 +48,8 @@ async def run_platforms(settings: Settings) -> int:
             return 2
         return await _run(settings, plans)
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
 async def _run(settings: Settings, plans: list[tuple[str, str]]) -> int:

@@ -222,7 +222,7 @@ class ContextBuilder:
     async def _recent_turns(self, user_pk: int, session_id: int, include_private: bool) -> list[tuple[str, str]]:
         rows = await self.store.fetchall(
             "SELECT m.author, m.text FROM messages m JOIN sessions s ON s.id = m.session_id "
-            "WHERE m.user_id = ? AND m.session_id != ? AND (? OR s.private = 0) ORDER BY m.id DESC LIMIT 2000",
+            "WHERE m.user_id = ? AND m.session_id != ? AND (? = 1 OR s.private = 0) ORDER BY m.id DESC LIMIT 2000",
             (user_pk, session_id, int(include_private)),
         )
         return [(str(r[0]), str(r[1])) for r in reversed(rows)]
@@ -231,7 +231,7 @@ class ContextBuilder:
         self, user_pk: int, session_id: int, include_private: bool, budget: int, reserve: int
     ) -> tuple[int, list[tuple[tuple[str, str], ...]]]:
         sessions = await self.store.fetchall(
-            "SELECT id FROM sessions WHERE user_id = ? AND id != ? AND (? OR private = 0) ORDER BY started DESC",
+            "SELECT id FROM sessions WHERE user_id = ? AND id != ? AND (? = 1 OR private = 0) ORDER BY started DESC",
             (user_pk, session_id, int(include_private)),
         )
         chosen: list[tuple[tuple[str, str], ...]] = []

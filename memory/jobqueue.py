@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import secrets
 import time
@@ -39,6 +38,11 @@ class JobState(StrEnum):
 
 
 QUEUED = (JobState.PENDING, JobState.RUNNING)
+
+
+def _marks(values: list[Any]) -> str:
+    """Placeholders for an IN list; `NULL` for an empty one (`x IN (NULL)` is never true)."""
+    return ", ".join("?" * len(values)) or "NULL"
 
 
 def new_owner() -> str:
@@ -144,9 +148,8 @@ async def requeue_expired(store: Store, now: float, *, repair: bool = False) -> 
     async with store.write() as db:
         cur = await db.execute(
             "UPDATE jobs SET state = 'pending', owner = NULL, lease_until = NULL "
-            "WHERE state = 'running' AND (COALESCE(lease_until, 0) < ? OR owner IN "
-            "(SELECT value FROM json_each(?)))",
-            (now, json.dumps(dead)),
+            f"WHERE state = 'running' AND (COALESCE(lease_until, 0) < ? OR owner IN ({_marks(dead)}))",
+            (now, *dead),
         )
         if not repair:
             return max(cur.rowcount, 0)
@@ -179,11 +182,14 @@ class JobQueue:
         and running ones whose owner stopped renewing (it died). `skip`: jobs already tried in this run."""
         now = self.clock()
         async with self.store.write() as db:
+            skipped = sorted(skip)
+            # PostgreSQL: rows another process is claiming at this moment are passed over, not waited for.
             async with db.execute(
                 "SELECT id FROM jobs WHERE kind = ? AND ((state = 'pending' AND not_before <= ?) "
                 "OR (state = 'running' AND COALESCE(lease_until, 0) < ?)) "
-                "AND id NOT IN (SELECT value FROM json_each(?)) ORDER BY id LIMIT ?",
-                (str(kind), now, now, json.dumps(sorted(skip)), limit),
+                + (f"AND id NOT IN ({_marks(skipped)}) " if skipped else "")
+                + f"ORDER BY id LIMIT ?{db.skip_locked}",
+                (str(kind), now, now, *skipped, limit),
             ) as cur:
                 ids = [int(r[0]) for r in await cur.fetchall()]
             await db.executemany(
@@ -226,7 +232,8 @@ class JobQueue:
             return
         async with self.store.write() as db:
             await db.executemany(
-                "UPDATE jobs SET state = 'pending', not_before = MAX(not_before, COALESCE(?, 0)), owner = NULL, "
+                "UPDATE jobs SET state = 'pending', "
+                "not_before = GREATEST(not_before, COALESCE(CAST(? AS DOUBLE PRECISION), 0)), owner = NULL, "
                 "lease_until = NULL WHERE id = ? AND state = 'running' AND owner = ?",
                 rows,
             )

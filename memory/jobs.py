@@ -173,12 +173,18 @@ class JobRunner:
 def build_scheduler(
     runner: JobRunner, *, sweep_interval: float, interval: float, cron: str | None = None
 ) -> AsyncIOScheduler:
-    """The idle-session sweep and the memory jobs; `max_instances=1` so a slow run is never doubled."""
+    """The idle-session sweep and the memory jobs; `max_instances=1` so a slow run is never doubled.
+
+    With several processes on PostgreSQL, each has this scheduler: the sweep runs in one process at a time
+    (the others skip their turn), while the memory jobs are shared out through the queue (each claims
+    different jobs with SKIP LOCKED), so more processes write more memories at once."""
     scheduler = AsyncIOScheduler(timezone="UTC")
 
     async def sweep() -> None:
         try:
-            await runner.sessions.sweep()
+            async with runner.store.exclusive("sweep") as mine:
+                if mine:
+                    await runner.sessions.sweep()
         except Exception:
             log.exception("idle-session sweep failed")
 

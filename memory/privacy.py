@@ -86,7 +86,7 @@ async def forget_user_in_server(store: Store, user_pk: int, platform: str, serve
                 (user_pk,),
             )
             async with db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(private = 0), 0) FROM session_memories WHERE user_id = ?",
+                "SELECT COUNT(*), COALESCE(SUM(CASE WHEN private = 0 THEN 1 ELSE 0 END), 0) FROM session_memories WHERE user_id = ?",
                 (user_pk,),
             ) as cur:
                 left = await cur.fetchone()

@@ -32,8 +32,7 @@ async def purge_expired(store: Store, retention_days: int | None, now: float) ->
         )
         deleted = max(cur.rowcount, 0)
         await db.execute("DELETE FROM model_outputs WHERE created < ?", (cutoff,))
-        if deleted:
-            await db.execute("INSERT INTO messages_fts(messages_fts) VALUES ('optimize')")
     if deleted:
+        await store.optimize_search()
         await store.checkpoint()
     return deleted

@@ -1,8 +1,10 @@
-"""Verbatim evidence from a person's past sessions, found with SQLite FTS5 (BM25).
+"""Verbatim evidence from a person's past sessions, found with the store's full-text index (SQLite FTS5
+with bm25, or PostgreSQL tsvector with ts_rank).
 
 Compression drops details; a keyword search over the person's own earlier turns finds them again.
-The index holds terms keyed to their owner (memory/fts.py): a search reads one person's postings only. It
-is always filtered to one user, and to non-private sessions when the reply goes to a group.
+Both indexes hold terms keyed to their owner (memory/fts.py, memory/postgres_schema.py): a search reads one
+person's postings only. It is always filtered to one user, and to non-private sessions when the reply goes
+to a group.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from memory.fts import keyed_query
 from memory.store import Store
 from models.profiles.base import STOPWORDS
 
@@ -55,12 +56,11 @@ async def search_user_messages(
     ignore = frozenset(w.lower() for name in ignore_names for w in _TOKEN.findall(name))
     if limit <= 0:
         return []
-    key = await store.scalar("SELECT fts_key FROM users WHERE id = ?", (user_pk,))
-    query = keyed_query(bytes(key), query_words(query_text, ignore=ignore)) if key else None
-    if query is None:
+    words = query_words(query_text, ignore=ignore)
+    if not words:
         return []
-    # Rank inside the index first (bm25 of the person's own postings, no table lookups), then join only the
-    # best few to their messages and apply the filters. If fewer than `limit` remain (few matches, or the
+    # Rank inside the index first (the person's own postings, no table lookups), then join only the best
+    # few to their messages and apply the filters. If fewer than `limit` remain (few matches, or the
     # filters, the current session and private chats, dropped many), rank them all: with few matches that
     # is the same cheap query again, and otherwise it finds what lay past the first cut.
     # The keyed terms already confine the match to this person; `m.user_id = ?` stays as a second lock on
@@ -71,15 +71,5 @@ async def search_user_messages(
         params.append(exclude_session)
     if not include_private:
         filters += " AND s.private = 0"
-    top = limit * 2 + 20
-    sql = (
-        "WITH hits AS (SELECT rowid AS id, bm25(messages_fts) AS score FROM messages_fts "
-        "WHERE messages_fts MATCH ? ORDER BY score LIMIT ?) "
-        "SELECT m.id, m.session_id, m.author, m.text, m.created, hits.score FROM hits "
-        "JOIN messages m ON m.id = hits.id JOIN sessions s ON s.id = m.session_id "
-        f"WHERE {filters} ORDER BY hits.score, m.id LIMIT ?"
-    )
-    rows = await store.fetchall(sql, [query, top, *params, limit])
-    if len(rows) < limit:
-        rows = await store.fetchall(sql, [query, -1, *params, limit])  # LIMIT -1: no limit
+    rows = await store.search(user_pk, words, filters, params, limit * 2 + 20, limit)
     return [Evidence(int(r[0]), int(r[1]), str(r[2]), str(r[3]), float(r[4]), float(r[5])) for r in rows]

@@ -10,10 +10,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import aiosqlite
-
 from memory.jobqueue import JobKind, enqueue, requeue_expired
-from memory.store import Store
+from memory.store import Store, Tx
 
 Clock = Callable[[], float]
 PRIVATE_KINDS = frozenset({"dm", "console"})
@@ -39,7 +37,7 @@ class Recorded:
     new_session: bool = False
 
 
-async def _upsert_user(db: aiosqlite.Connection, platform: str, user_id: str, name: str, now: float) -> int:
+async def _upsert_user(db: Tx, platform: str, user_id: str, name: str, now: float) -> int:
     await db.execute(
         "INSERT INTO users(platform, platform_user_id, display_name, created) VALUES (?, ?, ?, ?) "
         "ON CONFLICT(platform, platform_user_id) DO UPDATE SET display_name = "
@@ -55,7 +53,7 @@ async def _upsert_user(db: aiosqlite.Connection, platform: str, user_id: str, na
 
 
 async def _upsert_chat(
-    db: aiosqlite.Connection, platform: str, chat_id: str, kind: str, title: str, now: float, server: str | None
+    db: Tx, platform: str, chat_id: str, kind: str, title: str, now: float, server: str | None
 ) -> int:
     await db.execute(
         "INSERT INTO chats(platform, platform_chat_id, kind, title, created, server) VALUES (?, ?, ?, ?, ?, ?) "
@@ -71,13 +69,28 @@ async def _upsert_chat(
     return int(row[0])
 
 
-async def close_session_tx(db: aiosqlite.Connection, session_id: int, user_pk: int, now: float, reason: str) -> None:
-    """Close and queue the session-memory job, inside the caller's transaction."""
-    await db.execute(
-        "UPDATE sessions SET state = 'closed', closed = ?, close_reason = ? WHERE id = ? AND state = 'open'",
-        (now, reason, session_id),
+async def _inserted(db: Tx, sql: str, params: tuple[object, ...]) -> int:
+    """The id of the row an `INSERT ... RETURNING id` made."""
+    async with db.execute(sql, params) as cur:
+        row = await cur.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def close_session_tx(db: Tx, session_id: int, user_pk: int, now: float, reason: str,
+                           *, idle_before: float | None = None) -> bool:
+    """Close and queue the session-memory job, inside the caller's transaction (which holds the person's
+    lock). `idle_before`: only if the session is still quiet since then (another process may have stored a
+    message in it since the caller looked). False when it was not open (or no longer quiet)."""
+    cur = await db.execute(
+        "UPDATE sessions SET state = 'closed', closed = ?, close_reason = ? WHERE id = ? AND state = 'open'"
+        + ("" if idle_before is None else " AND last_activity < ?"),
+        (now, reason, session_id) + (() if idle_before is None else (idle_before,)),
     )
+    if not cur.rowcount:
+        return False
     await enqueue(db, JobKind.SESSION_MEMORY, str(session_id), user_pk, now)
+    return True
 
 
 class SessionManager:
@@ -107,6 +120,7 @@ class SessionManager:
         platform_message_id = None if platform_message_id is None else _key(platform_message_id)
         async with self.store.write() as db:
             user_pk = await _upsert_user(db, platform, user_id, display_name, now)
+            await db.lock_person(user_pk)  # one open session per person and chat, whichever process stores
             chat_pk = await _upsert_chat(db, platform, chat_id, chat_kind, chat_title, now, server_id)
             if platform_message_id is not None:
                 async with db.execute(
@@ -118,12 +132,11 @@ class SessionManager:
                 if seen is not None:
                     return Recorded(user_pk, chat_pk, int(seen[1]), int(seen[0]), chat_kind in PRIVATE_KINDS, True)
             session_id, new = await self._current_session(db, user_pk, chat_pk, chat_kind, now)
-            cur = await db.execute(
+            message_id = await _inserted(db,
                 "INSERT INTO messages(session_id, user_id, chat_id, author, text, created, platform_message_id) "
-                "VALUES (?, ?, ?, 'user', ?, ?, ?)",
+                "VALUES (?, ?, ?, 'user', ?, ?, ?) RETURNING id",
                 (session_id, user_pk, chat_pk, text, now, platform_message_id),
             )
-            message_id = int(cur.lastrowid or 0)
             await db.execute("UPDATE sessions SET last_activity = ? WHERE id = ?", (now, session_id))
         return Recorded(user_pk, chat_pk, session_id, message_id, chat_kind in PRIVATE_KINDS, False, new)
 
@@ -146,12 +159,13 @@ class SessionManager:
         now = self.clock() if when is None else when
         async with self.store.write() as db:
             user_pk = await _upsert_user(db, platform, user_id, display_name, now)
+            await db.lock_person(user_pk)
             chat_pk = await _upsert_chat(db, platform, chat_id, chat_kind, "", now, None)
             session_id, new = await self._current_session(db, user_pk, chat_pk, chat_kind, now)
         return Recorded(user_pk, chat_pk, session_id, 0, chat_kind in PRIVATE_KINDS, False, new)
 
     async def _current_session(
-        self, db: aiosqlite.Connection, user_pk: int, chat_pk: int, chat_kind: str, now: float
+        self, db: Tx, user_pk: int, chat_pk: int, chat_kind: str, now: float
     ) -> tuple[int, bool]:
         async with db.execute(
             "SELECT id, last_activity FROM sessions WHERE user_id = ? AND chat_id = ? AND state = 'open'",
@@ -162,11 +176,12 @@ class SessionManager:
             if now - float(row[1]) <= self.timeout:
                 return int(row[0]), False
             await close_session_tx(db, int(row[0]), user_pk, float(row[1]), "inactivity")
-        cur = await db.execute(
-            "INSERT INTO sessions(user_id, chat_id, private, started, last_activity) VALUES (?, ?, ?, ?, ?)",
+        session_id = await _inserted(db,
+            "INSERT INTO sessions(user_id, chat_id, private, started, last_activity) VALUES (?, ?, ?, ?, ?) "
+            "RETURNING id",
             (user_pk, chat_pk, int(chat_kind in PRIVATE_KINDS), now, now),
         )
-        return int(cur.lastrowid or 0), True
+        return session_id, True
 
     async def record_bot_message(
         self, recorded: Recorded, text: str, *, platform_message_id: str | None = None, when: float | None = None
@@ -177,20 +192,22 @@ class SessionManager:
                 row = await cur.fetchone()
             if row is None:  # forgotten while the reply was being generated: store nothing
                 return 0
-            cur = await db.execute(
+            message_id = await _inserted(db,
                 "INSERT INTO messages(session_id, user_id, chat_id, author, text, created, platform_message_id) "
-                "VALUES (?, ?, ?, 'bot', ?, ?, ?)",
+                "VALUES (?, ?, ?, 'bot', ?, ?, ?) RETURNING id",
                 (recorded.session_id, recorded.user_pk, recorded.chat_pk, text, now, platform_message_id),
             )
             if row[0] == "open":
-                await db.execute("UPDATE sessions SET last_activity = MAX(last_activity, ?) WHERE id = ?",
-                                 (now, recorded.session_id))
-            return int(cur.lastrowid or 0)
+                await db.execute(
+                    "UPDATE sessions SET last_activity = GREATEST(last_activity, CAST(? AS DOUBLE PRECISION)) "
+                    "WHERE id = ?", (now, recorded.session_id))
+            return message_id
 
     async def end_session(self, user_pk: int, chat_pk: int | None = None, *, reason: str = "ended") -> int:
         """Close the user's open session (in one chat, or everywhere); returns how many were closed."""
         now = self.clock()
         async with self.store.write() as db:
+            await db.lock_person(user_pk)
             sql = "SELECT id FROM sessions WHERE user_id = ? AND state = 'open'"
             params: tuple[int, ...] = (user_pk,)
             if chat_pk is not None:
@@ -205,16 +222,21 @@ class SessionManager:
     async def sweep(self, now: float | None = None) -> list[int]:
         """Close every open session idle past the timeout; each gets its session-memory job."""
         now = self.clock() if now is None else now
+        closed: list[int] = []
         async with self.store.write() as db:
             async with db.execute(
-                "SELECT id, user_id, last_activity FROM sessions WHERE state = 'open' AND last_activity < ?",
+                "SELECT id, user_id, last_activity FROM sessions WHERE state = 'open' AND last_activity < ? "
+                "ORDER BY user_id, id",  # persons' locks in one order: two sweeps never deadlock
                 (now - self.timeout,),
             ) as cur:
                 rows = await cur.fetchall()
             for row in rows:
+                await db.lock_person(int(row[1]))
                 # The session ended when it went quiet, not when the sweep noticed.
-                await close_session_tx(db, int(row[0]), int(row[1]), float(row[2]), "inactivity")
-        return [int(r[0]) for r in rows]
+                if await close_session_tx(db, int(row[0]), int(row[1]), float(row[2]), "inactivity",
+                                          idle_before=now - self.timeout):
+                    closed.append(int(row[0]))
+        return closed
 
     async def recover(self) -> dict[str, int]:
         """At start-up: close sessions a crash left open and idle; requeue the jobs of processes that died
@@ -226,9 +248,9 @@ class SessionManager:
     async def unremembered(self, user_pk: int) -> tuple[int, int]:
         """(closed sessions still without their session memory, open sessions) of one person."""
         row = await self.store.fetchone(
-            "SELECT COALESCE(SUM(s.state = 'closed' AND NOT EXISTS "
-            "(SELECT 1 FROM session_memories m WHERE m.session_id = s.id)), 0), "
-            "COALESCE(SUM(s.state = 'open'), 0) FROM sessions s WHERE s.user_id = ?",
+            "SELECT COALESCE(SUM(CASE WHEN s.state = 'closed' AND NOT EXISTS "
+            "(SELECT 1 FROM session_memories m WHERE m.session_id = s.id) THEN 1 ELSE 0 END), 0), "
+            "COALESCE(SUM(CASE WHEN s.state = 'open' THEN 1 ELSE 0 END), 0) FROM sessions s WHERE s.user_id = ?",
             (user_pk,),
         )
         return (int(row[0]), int(row[1])) if row else (0, 0)

@@ -43,10 +43,11 @@ async def bot_counts(store: Store) -> BotCounts:
 async def server_counts(store: Store, platform: str, server: str) -> ServerCounts:
     row = await store.fetchone(
         "SELECT COUNT(DISTINCT s.user_id), "
-        "COALESCE(SUM(s.state = 'open'), 0), "
-        "COALESCE(SUM(EXISTS (SELECT 1 FROM session_memories m WHERE m.session_id = s.id)), 0), "
-        "COALESCE(SUM(s.state = 'closed' AND NOT EXISTS "
-        "(SELECT 1 FROM session_memories m WHERE m.session_id = s.id)), 0) "
+        "COALESCE(SUM(CASE WHEN s.state = 'open' THEN 1 ELSE 0 END), 0), "
+        "COALESCE(SUM(CASE WHEN EXISTS (SELECT 1 FROM session_memories m WHERE m.session_id = s.id) "
+        "THEN 1 ELSE 0 END), 0), "
+        "COALESCE(SUM(CASE WHEN s.state = 'closed' AND NOT EXISTS "
+        "(SELECT 1 FROM session_memories m WHERE m.session_id = s.id) THEN 1 ELSE 0 END), 0) "
         "FROM sessions s JOIN chats c ON c.id = s.chat_id WHERE c.platform = ? AND c.server = ?",
         (platform, server),
     )

@@ -1,327 +1,166 @@
-"""The SQLite store: one file, WAL, one writer connection behind a lock, a separate reader.
+"""The storage boundary: what every repository in memory/ may ask of a database, whichever it is.
 
-SQLite allows one writer at a time; funnelling every write through one connection and an asyncio lock
-(with BEGIN IMMEDIATE so the write lock is taken up front) means "database is locked" cannot happen
-inside the process, and the reader connection never waits on a writer thanks to WAL.
+Two backends implement it, one thin module each: SQLite (memory/sqlite_store.py), the embedded default
+that needs nothing, and PostgreSQL (memory/postgres_store.py), for several processes or machines on one
+memory. The repositories (sessions, jobqueue, tasks, privacy, channels, inbox, retention, stats, context)
+write one SQL text for both, in the subset the two share: `?` placeholders, `ON CONFLICT`, `RETURNING`,
+`GREATEST`, `CAST(? AS DOUBLE PRECISION)`, `CASE` rather than summed booleans. What cannot be shared
+(the full-text index, locks, file checks) is a method of the store or of its transaction.
+
+Why not SQLAlchemy Core: the ~130 statements are plain enough to share as text, and what differs (FTS5
+against tsvector, BEGIN IMMEDIATE against advisory locks, PRAGMAs) would still be written per backend; a
+query builder would add a layer without removing either half.
+
+Modelled on python-telegram-bot's BaseRequest: the shared methods are final here and each backend fills
+in the few abstract ones.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import os
-import sqlite3
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+import abc
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-from typing import Any
-
-import aiosqlite
-
-from memory.fts import register_async
-from memory.schema import MIGRATIONS, SCHEMA_VERSION
-
-log = logging.getLogger(__name__)
-
-Row = sqlite3.Row
+from typing import Any, Protocol
 
 
 class StoreError(Exception):
     """A storage failure a user can be told about in one sentence (disk full, read-only file...)."""
 
 
-BUSY_TIMEOUT_MS = 10_000
-MIGRATION_WAIT_MS = 600_000  # another process's migration may rebuild the index: minutes at 1M messages
+class Forgotten(Exception):
+    """A write about a person or session deleted while the model worked (a foreign key no longer holds).
+    Both backends raise this for their own driver's foreign-key error, so a job can drop its result."""
 
 
-async def _configure(conn: aiosqlite.Connection) -> None:
-    conn.row_factory = sqlite3.Row
-    await register_async(conn)  # the full-text index's triggers call it
-    await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")  # first: a concurrent start may hold the lock
-    await conn.execute("PRAGMA journal_mode=WAL")
-    await conn.execute("PRAGMA foreign_keys=ON")
-    await conn.execute("PRAGMA synchronous=NORMAL")
-    await conn.execute("PRAGMA secure_delete=ON")
+class Row(Protocol):
+    """A result row: by position and by column name (sqlite3.Row and asyncpg.Record both are)."""
+
+    def __getitem__(self, key: int | str) -> Any: ...
+
+    def keys(self) -> Any: ...
 
 
-def _private_folder(folder: Path) -> None:
-    if not folder.exists():
-        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        folder.chmod(0o700)  # mkdir's mode is filtered by the umask
+class Result(Protocol):
+    """What `Tx.execute` returns: awaited, it gives `rowcount`; as `async with ... as cur`, rows."""
+
+    rowcount: int
+
+    async def fetchone(self) -> Row | None: ...
+
+    async def fetchall(self) -> Sequence[Row]: ...
 
 
-def _private_file(path: Path) -> None:
-    """The database holds private conversations: its folder, if membot makes it, is 0700 and the file 0600,
-    whatever the umask. SQLite gives the -wal and -shm files the database file's permissions. A folder that
-    already exists is left as its owner set it (it may be shared, e.g. /srv).
+class Tx(Protocol):
+    """One write transaction (`async with store.write() as tx`)."""
 
-    An existing file of 0 bytes is refused, never taken for a new database: that would silently replace a
-    person's whole memory with nothing (a truncated copy, a failed restore)."""
-    _private_folder(path.parent)
-    if not path.exists():
-        _create(path)
-    if path.stat().st_size == 0 and not Path(f"{path}-wal").exists():
-        raise StoreError(f"database {path} is empty (0 bytes), not a membot database; restore a backup "
-                         "(`membot db backup` makes one), or move the file away to start with no memory")
-    os.chmod(path, 0o600)
+    dialect: str
 
+    def execute(self, sql: str, params: Iterable[Any] = ()) -> Any: ...
 
-def _new_private_file(path: Path) -> None:
-    """Create `path` empty, readable by its owner only whatever the umask; refuse if it exists."""
-    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-    os.chmod(path, 0o600)
+    async def executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> None: ...
+
+    async def lock_person(self, user_pk: int) -> None:
+        """Until the transaction ends, no other process changes this person's sessions (SQLite: its single
+        writer already ensures it; PostgreSQL: a transaction-scoped advisory lock)."""
+
+    @property
+    def skip_locked(self) -> str:
+        """Appended to a job-claiming SELECT: PostgreSQL's `FOR UPDATE SKIP LOCKED`; nothing on SQLite."""
+        ...
 
 
-def _create(path: Path) -> None:
-    """A new database appears whole: made beside it with its header written (SQLite writes one only at the
-    first write, so a crash, or a second process starting at the same moment, would find 0 bytes), then
-    linked into place; if another process linked theirs first, theirs is used."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
-    _new_private_file(tmp)
-    try:
-        conn = sqlite3.connect(tmp)
-        try:
-            conn.execute("PRAGMA user_version = 0")
-            conn.execute("VACUUM")
-        finally:
-            conn.close()
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            pass
-    finally:
-        tmp.unlink(missing_ok=True)
+def is_postgres(target: str | Path) -> bool:
+    return str(target).startswith(("postgresql://", "postgres://"))
 
 
-def statements(script: str) -> list[str]:
-    """A migration script as single statements (one transaction can then hold them all, which executescript's
-    own COMMIT would end). Split at line ends where SQLite's tokenizer says a statement is complete, so a
-    trigger's body, with its own semicolons, stays whole."""
-    out: list[str] = []
-    pending = ""
-    for line in script.splitlines(keepends=True):
-        pending += line
-        if sqlite3.complete_statement(pending):
-            out.append(pending.strip())
-            pending = ""
-    if pending.strip():
-        raise ValueError(f"a migration ends with an incomplete statement: {pending.strip()[:80]}")
-    return out
+class Store(abc.ABC):
+    """Owns the connections. Use `async with store.write() as tx:` for a transaction; reads go through
+    `fetchall`, `fetchone` and `scalar` (each one statement, seeing everything committed before it)."""
 
+    dialect: str = ""
 
-class RunLock:
-    """`membot run` holds this for its whole life: one file has one writer process, and two bots answering
-    the same people from one file would each think the other's sessions are theirs. A lock file beside the
-    database, `flock`ed (released by the kernel when the process ends, even by SIGKILL). `membot memory`
-    and `membot jobs run` do not take it: they are safe beside a running bot (job leases)."""
+    @staticmethod
+    def at(target: str | Path, *, password: str | None = None) -> Store:
+        """The store for a SQLite file path or a `postgresql://` URL (its password given apart, never in the
+        URL's text that config files and logs show), not yet connected (`async with Store.at(...)`)."""
+        if is_postgres(target):
+            from memory.postgres_store import PostgresStore
 
-    def __init__(self, db_path: Path) -> None:
-        self.db_path = Path(db_path)
-        self.path = Path(f"{db_path}.run-lock")
-        self._fd: int | None = None
+            return PostgresStore(str(target), password=password)
+        from memory.sqlite_store import SQLiteStore
 
-    def acquire(self) -> None:
-        import fcntl
+        return SQLiteStore(target)
 
-        _private_folder(self.path.parent)
-        fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise StoreError(
-                f"another `membot run` (pid {holder}) is using the database {self.db_path}; stop it "
-                "first. Several bot processes need PostgreSQL"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing releases the flock
-            self._fd = None
-
-
-def _damaged(path: Path, detail: str) -> StoreError:
-    detail = " ".join(detail.replace("*** in database main ***", "").split())  # one line
-    return StoreError(f"database {path} is damaged: {detail}; restore a backup or run `membot db check`")
-
-
-def check_file(path: Path) -> list[str]:
-    """Every problem SQLite finds in the file (full integrity check, and the full-text index's own check);
-    an empty list when it is sound. Used by `membot db check`; changes nothing."""
-    if not path.exists():
-        return [f"{path} does not exist"]
-    if path.stat().st_size == 0:
-        return [f"{path} is empty (0 bytes)"]
-    problems: list[str] = []
-    try:  # read-write: the full-text index's check is issued as an INSERT command (it changes nothing)
-        conn = sqlite3.connect(path)
-    except sqlite3.Error as exc:
-        return [str(exc)]
-    try:
-        from memory.fts import register
-
-        register(conn)
-        problems += [r[0] for r in conn.execute("PRAGMA integrity_check") if r[0] != "ok"]
-        try:
-            conn.execute("INSERT INTO messages_fts(messages_fts, rank) VALUES ('integrity-check', 1)")
-        except sqlite3.Error as exc:
-            problems.append(f"full-text index: {exc}")
-    except sqlite3.Error as exc:
-        problems.append(str(exc))
-    finally:
-        conn.close()
-    return problems
-
-
-def backup_file(path: Path, out: Path) -> int:
-    """A consistent copy of the database made with SQLite's online backup API (safe while the bot runs),
-    readable by its owner only; returns its size in pages."""
-    if out.exists():
-        raise StoreError(f"{out} exists already; choose a new file for the backup")
-    src = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        _new_private_file(out)
-        dst = sqlite3.connect(out)
-        try:
-            src.backup(dst)
-            return int(dst.execute("PRAGMA page_count").fetchone()[0])
-        finally:
-            dst.close()
-    finally:
-        src.close()
-
-
-class Store:
-    """Owns the connections. Use `async with store.write() as db:` for a transaction."""
-
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        self._writer: aiosqlite.Connection | None = None
-        self._reader: aiosqlite.Connection | None = None
-        self._lock = asyncio.Lock()
-        self.checkpoint_owed = False  # a forget's checkpoint that a reader's snapshot blocked
-
-    @classmethod
-    async def open(cls, path: Path | str) -> Store:
-        store = cls(path)
+    @staticmethod
+    async def open(target: str | Path, *, password: str | None = None) -> Store:
+        store = Store.at(target, password=password)
         await store.connect()
         return store
 
+    @abc.abstractmethod
     async def connect(self) -> None:
-        if str(self.path) != ":memory:":
-            _private_file(self.path)
-        self._writer = await aiosqlite.connect(self.path, isolation_level=None)
-        try:
-            await self._check()
-            await _configure(self._writer)
-            await self._migrate()
-        except BaseException:
-            await self._writer.close()
-            self._writer = None
-            raise
-        self._reader = await aiosqlite.connect(self.path, isolation_level=None)
-        await _configure(self._reader)
+        """Open the connections and bring the schema up to date (once, whoever else is starting)."""
 
-    async def close(self) -> None:
-        for conn in (self._reader, self._writer):
-            if conn is not None:
-                await conn.close()
-        self._reader = self._writer = None
+    @abc.abstractmethod
+    async def close(self) -> None: ...
 
     async def __aenter__(self) -> Store:
-        if self._writer is None:
-            await self.connect()
+        await self.connect()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def _check(self) -> None:
-        """A quick check at start (`PRAGMA quick_check`: every page readable and well formed, without the
-        slower index-content comparison), so a damaged file stops membot with one clear line instead of
-        apologies on every reply later."""
-        assert self._writer is not None
-        if str(self.path) == ":memory:":
-            return
-        # A process starting at the same moment may hold the lock (migrating): wait for it, as every
-        # connection does, rather than take "database is locked" for damage.
-        await self._writer.execute(f"PRAGMA busy_timeout={MIGRATION_WAIT_MS}")
-        try:
-            async with self._writer.execute("PRAGMA quick_check(1)") as cur:
-                row = await cur.fetchone()
-        except sqlite3.DatabaseError as exc:  # "file is not a database", "database disk image is malformed"
-            raise _damaged(self.path, str(exc)) from None
-        if row is None or row[0] != "ok":
-            raise _damaged(self.path, str(row[0]) if row else "no answer to quick_check")
-
-    async def _migrate(self) -> None:
-        """Bring the schema up to date inside one write transaction, the version read under its lock: two
-        processes starting on a new or newly upgraded file (before: "table users already exists" in 5 of 15
-        tries) run the migrations once, the second waiting for the first and then finding nothing to do."""
-        db = self.writer
-        await db.execute(f"PRAGMA busy_timeout={MIGRATION_WAIT_MS}")
-        try:
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                async with db.execute("PRAGMA user_version") as cur:
-                    row = await cur.fetchone()
-                current = int(row[0]) if row else 0
-                if current > SCHEMA_VERSION:
-                    raise StoreError(f"{self.path} was written by a newer membot (schema {current} > "
-                                     f"{SCHEMA_VERSION}); upgrade membot")
-                for number in range(current + 1, SCHEMA_VERSION + 1):
-                    log.info("applying database migration %d", number)
-                    for statement in statements(MIGRATIONS[number - 1]):
-                        await db.execute(statement)
-                    await db.execute(f"PRAGMA user_version = {number}")
-                await db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    await db.execute("ROLLBACK")
-                raise
-        finally:
-            await db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-
-    @property
-    def writer(self) -> aiosqlite.Connection:
-        if self._writer is None:
-            raise StoreError("the store is closed")
-        return self._writer
-
-    @property
-    def reader(self) -> aiosqlite.Connection:
-        if self._reader is None:
-            raise StoreError("the store is closed")
-        return self._reader
-
-    @asynccontextmanager
-    async def write(self) -> AsyncIterator[aiosqlite.Connection]:
+    @abc.abstractmethod
+    def write(self) -> AbstractAsyncContextManager[Tx]:
         """One write transaction; commits on success, rolls back on any error (the caller sees it)."""
-        async with self._lock:
-            db = self.writer
-            try:
-                await db.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as exc:
-                raise _translate(exc) from exc
-            try:
-                yield db
-                await db.commit()
-            except BaseException as exc:
-                if db.in_transaction:
-                    await db.rollback()
-                if isinstance(exc, sqlite3.OperationalError):
-                    raise _translate(exc) from exc
-                raise
 
-    async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[Row]:
-        # One step on the reader's thread: execute, fetch, reset. Were a statement left open between steps
-        # (execute, then fetch), every other read interleaved meanwhile would share its read transaction and
-        # see the database as it was then: under load a reply could miss the message just committed.
-        return list(await self.reader.execute_fetchall(sql, tuple(params)))
+    @abc.abstractmethod
+    async def fetchall(self, sql: str, params: Iterable[Any] = ()) -> list[Row]: ...
+
+    # `LIMIT ?` given this means no limit (SQLite: -1; PostgreSQL: NULL).
+    no_limit: Any = None
+
+    @abc.abstractmethod
+    async def _hits(self, user_pk: int, words: list[str]) -> tuple[str, list[Any]] | None:
+        """The backend's full-text part of `search`: a `hits(id, score)` common table expression ending in
+        `LIMIT ?`, and the parameters before that limit; None when nothing can match."""
+
+    async def search(self, user_pk: int, words: list[str], filters: str, params: list[Any],
+                     top: int, limit: int) -> list[Row]:
+        """Rows (id, session_id, author, text, created, score) of the person's messages matching any of
+        `words`, best first (lower score is better), `filters` (on `m` messages and `s` sessions) applied;
+        the index is ranked first and only its best `top` joined, unless fewer than `limit` remain."""
+        hits = await self._hits(user_pk, words)
+        if hits is None:
+            return []
+        cte, first = hits
+        sql = (
+            f"WITH {cte} SELECT m.id, m.session_id, m.author, m.text, m.created, hits.score FROM hits "
+            "JOIN messages m ON m.id = hits.id JOIN sessions s ON s.id = m.session_id "
+            f"WHERE {filters} ORDER BY hits.score, m.id LIMIT ?"
+        )
+        rows = await self.fetchall(sql, [*first, top, *params, limit])
+        if len(rows) < limit:
+            rows = await self.fetchall(sql, [*first, self.no_limit, *params, limit])
+        return rows
+
+    @abc.abstractmethod
+    async def checkpoint(self, *, tries: int = 5, pause: float = 0.2) -> bool:
+        """After a forget: make deleted bytes leave the database's files where the backend can. True when done."""
+
+    async def optimize_search(self) -> None:
+        """After a large delete (retention): let the full-text index reclaim space. Nothing by default."""
+        return None
+
+    @abc.abstractmethod
+    async def integrity_ok(self) -> bool: ...
+
+    @abc.abstractmethod
+    def exclusive(self, name: str) -> AbstractAsyncContextManager[bool]:
+        """Yields True to one process at a time for `name` (the scheduler's sweep and job runs), False to
+        the others meanwhile, which skip their turn rather than repeat the work."""
 
     async def fetchone(self, sql: str, params: Iterable[Any] = ()) -> Row | None:
         rows = await self.fetchall(sql, params)
@@ -341,36 +180,7 @@ class Store:
                 (key, value),
             )
 
-    async def checkpoint(self, *, tries: int = 5, pause: float = 0.2) -> bool:
-        """Fold the WAL back into the main file and truncate it (after forget and retention, so deleted bytes
-        leave the log). A reader holding an older snapshot makes SQLite answer `busy`: try again a few times;
-        if it still cannot finish, say so (False) and owe it: `settle()` finishes it later."""
-        for attempt in range(tries):
-            async with self._lock:
-                async with self.writer.execute("PRAGMA wal_checkpoint(TRUNCATE)") as cur:
-                    row = await cur.fetchone()
-            if row is not None and int(row[0]) == 0:
-                self.checkpoint_owed = False
-                return True
-            if attempt + 1 < tries:
-                await asyncio.sleep(pause)
-        self.checkpoint_owed = True
-        return False
-
     async def settle(self) -> None:
-        """Finish a checkpoint that an earlier forget could not (the memory jobs call this on each run)."""
-        if self.checkpoint_owed and await self.checkpoint(tries=1):
-            log.info("the deferred checkpoint is done: forgotten data has left the database's log")
+        """Finish what an earlier forget could not (the memory jobs call this on each run)."""
+        return None
 
-    async def integrity_ok(self) -> bool:
-        row = await self.fetchone("PRAGMA integrity_check")
-        return row is not None and row[0] == "ok"
-
-
-def _translate(exc: sqlite3.OperationalError) -> Exception:
-    text = str(exc).lower()
-    if "full" in text:
-        return StoreError("the database disk is full")
-    if "readonly" in text or "read-only" in text:
-        return StoreError("the database file is read-only")
-    return exc

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -20,7 +19,7 @@ from memory.dates import format_date, resolve_relative
 from memory.evidence import Evidence
 from memory.facts import compose, extract, session_facts
 from memory.jobqueue import JobState, drop, finish, job_row, postpone, queue_compression, retry
-from memory.store import Store
+from memory.store import Forgotten, Store
 from models.base import BackendError, Generation, GenParams, Prompt
 from models.profiles.base import CompressionInput, CompressionOutput, Profile, SessionInput
 from models.worker import Priority
@@ -106,11 +105,6 @@ def fallback_facts(item: SessionInput, backbone: Sequence[str] = ()) -> list[str
     return [f"{speaker} said: {text[:300]}" for speaker, text in item.turns if speaker == item.user_name]
 
 
-def _forgotten(exc: sqlite3.IntegrityError) -> bool:
-    """A write about a person who was forgotten while the model worked: their rows are gone."""
-    return "FOREIGN KEY" in str(exc)
-
-
 async def _record_output(store: Store, job_id: int, user_pk: int, task: str, raw: str, reason: str, now: float) -> None:
     try:
         async with store.write() as db:
@@ -119,9 +113,8 @@ async def _record_output(store: Store, job_id: int, user_pk: int, task: str, raw
                 "VALUES (?, ?, ?, ?, 1, ?, ?)",
                 (job_id, user_pk, task, raw, reason, now),
             )
-    except sqlite3.IntegrityError as exc:
-        if not _forgotten(exc):
-            raise
+    except Forgotten:
+        pass  # a write about a person forgotten while the model worked: nothing to keep
 
 
 async def write_session_memories(
@@ -205,9 +198,7 @@ async def _save_session_memory(
                          error=None if source == "model" else "fallback memory after malformed outputs")
             if cur.rowcount:  # not when another process wrote it first (its lease had run out meanwhile)
                 await queue_compression(db, job.user_pk, job.private, now)
-    except sqlite3.IntegrityError as exc:
-        if not _forgotten(exc):
-            raise
+    except Forgotten:
         log.info("session-memory job %d dropped: its person was forgotten meanwhile", job.job_id)
         return False
     return True
@@ -332,9 +323,7 @@ async def compress_memories(
                     log.info("compression job %d not saved: some of its sessions were deleted meanwhile",
                              job.job_id)
                     continue
-            except sqlite3.IntegrityError as exc:
-                if not _forgotten(exc):
-                    raise
+            except Forgotten:
                 log.info("compression job %d dropped: its person was forgotten meanwhile", job.job_id)
                 continue
             report.written += 1

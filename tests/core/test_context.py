@@ -10,6 +10,8 @@ from memory.context import ContextBuilder
 from models.fake import FakeBackend
 from tests.fakes.clock import ManualClock
 
+pytestmark = pytest.mark.backends
+
 
 def _msg(text: str, user: str = "alice", chat: str = "dm-alice", kind: str = "dm") -> IncomingMessage:
     return IncomingMessage(platform="telegram", user_id=user, display_name=user.title(), chat_id=chat,

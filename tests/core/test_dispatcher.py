@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from bot.app import App
 from bot.dispatcher import APOLOGY, EMPTY, REFUSAL
 from bot.incoming import IncomingMessage
 from models.fake import FakeBackend
 from tests.fakes.clock import ManualClock
+
+pytestmark = pytest.mark.backends
 
 
 def _msg(text: str, user: str = "alice", *, admin: bool = False, mid: str | None = None) -> IncomingMessage:

@@ -10,11 +10,15 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from bot.app import App
 from bot.incoming import IncomingMessage
 from models.base import Prompt
 from models.fake import FakeBackend, default_response
 from tests.fakes.clock import ManualClock
+
+pytestmark = pytest.mark.backends
 
 
 def _msg(text: str) -> IncomingMessage:

@@ -12,7 +12,7 @@ import pytest
 from memory.fts import keyed_query, keyed_terms, register, term, words
 from memory.retrieval import query_words, search_user_messages
 from memory.schema import MIGRATIONS
-from memory.store import Store
+from memory.sqlite_store import SQLiteStore as Store
 
 
 def test_terms_are_stemmed_folded_and_keyed() -> None:

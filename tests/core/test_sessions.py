@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import pytest
 
 from memory.sessions import SessionManager
 from memory.store import Store
 from tests.fakes.clock import ManualClock
+
+pytestmark = pytest.mark.backends
 
 
 async def _say(sm: SessionManager, text: str, user: str = "alice", chat: str = "c1", kind: str = "dm", mid: str | None = None):
@@ -16,9 +18,9 @@ async def _say(sm: SessionManager, text: str, user: str = "alice", chat: str = "
     )
 
 
-async def test_session_times_out_with_a_fake_clock(tmp_path: Path) -> None:
+async def test_session_times_out_with_a_fake_clock(storage_target: str) -> None:
     clock = ManualClock()
-    async with Store(tmp_path / "db.sqlite3") as store:
+    async with Store.at(storage_target) as store:
         sm = SessionManager(store, inactivity_timeout=30, clock=clock)
         first = await _say(sm, "hello")
         clock.advance(29)
@@ -35,9 +37,9 @@ async def test_session_times_out_with_a_fake_clock(tmp_path: Path) -> None:
         assert later.session_id != first.session_id and later.new_session
 
 
-async def test_a_message_after_the_timeout_opens_a_new_session_without_a_sweep(tmp_path: Path) -> None:
+async def test_a_message_after_the_timeout_opens_a_new_session_without_a_sweep(storage_target: str) -> None:
     clock = ManualClock()
-    async with Store(tmp_path / "db.sqlite3") as store:
+    async with Store.at(storage_target) as store:
         sm = SessionManager(store, inactivity_timeout=30, clock=clock)
         first = await _say(sm, "hello")
         clock.advance(100)
@@ -47,8 +49,8 @@ async def test_a_message_after_the_timeout_opens_a_new_session_without_a_sweep(t
         assert await store.scalar("SELECT COUNT(*) FROM jobs") == 1
 
 
-async def test_explicit_end_and_per_chat_sessions(tmp_path: Path) -> None:
-    async with Store(tmp_path / "db.sqlite3") as store:
+async def test_explicit_end_and_per_chat_sessions(storage_target: str) -> None:
+    async with Store.at(storage_target) as store:
         sm = SessionManager(store, inactivity_timeout=300, clock=ManualClock())
         dm = await _say(sm, "in my dm")
         group = await _say(sm, "in the group", chat="g1", kind="group")
@@ -58,8 +60,8 @@ async def test_explicit_end_and_per_chat_sessions(tmp_path: Path) -> None:
         assert await store.scalar("SELECT state FROM sessions WHERE id = ?", (group.session_id,)) == "open"
 
 
-async def test_redelivered_platform_message_is_stored_once(tmp_path: Path) -> None:
-    async with Store(tmp_path / "db.sqlite3") as store:
+async def test_redelivered_platform_message_is_stored_once(storage_target: str) -> None:
+    async with Store.at(storage_target) as store:
         sm = SessionManager(store, clock=ManualClock())
         first = await _say(sm, "hello", mid="42")
         again = await _say(sm, "hello (edited)", mid="42")
@@ -67,10 +69,10 @@ async def test_redelivered_platform_message_is_stored_once(tmp_path: Path) -> No
         assert await store.scalar("SELECT COUNT(*) FROM messages") == 1
 
 
-async def test_recovery_after_a_crash(tmp_path: Path) -> None:
+async def test_recovery_after_a_crash(storage_target: str) -> None:
     clock = ManualClock()
-    path = tmp_path / "db.sqlite3"
-    async with Store(path) as store:
+    path = storage_target
+    async with Store.at(path) as store:
         sm = SessionManager(store, inactivity_timeout=30, clock=clock)
         idle = await _say(sm, "left open by a crash")
         await store.set_kv("x", "y")
@@ -80,7 +82,7 @@ async def test_recovery_after_a_crash(tmp_path: Path) -> None:
                 (idle.user_pk,),
             )
     clock.advance(3600)
-    async with Store(path) as store:
+    async with Store.at(path) as store:
         sm = SessionManager(store, inactivity_timeout=30, clock=clock)
         result = await sm.recover()
         assert result == {"closed": 1, "requeued": 1}

@@ -10,7 +10,8 @@ import pytest
 
 from memory.schema import MIGRATIONS, SCHEMA_VERSION
 from memory.sessions import SessionManager
-from memory.store import Store, StoreError
+from memory.sqlite_store import SQLiteStore as Store
+from memory.store import StoreError
 
 
 def _make_v1_database(path: Path) -> None:

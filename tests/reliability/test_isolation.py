@@ -122,6 +122,7 @@ def _msg(user: str, name: str, text: str, *, group: bool, platform: str = "teleg
                            chat_kind="group" if group else "dm", text=text, chat_title="Club" if group else "")
 
 
+@pytest.mark.backends
 @pytest.mark.parametrize("private_in_groups", [False, True], ids=["private-stays-private", "private-in-groups"])
 async def test_a_never_leaks_to_b_whatever_b_tries(
     settings: Settings, clock: ManualClock, private_in_groups: bool
@@ -209,6 +210,7 @@ async def _remembers(app: App, platform: str, user: str, chat: str, text: str) -
     await app.jobs.run_until_idle()
 
 
+@pytest.mark.backends
 async def test_telegram_group_memory_and_export_go_to_the_private_chat(app: App) -> None:
     user, other, group = 4242, 5151, -1001234567890
     await _remembers(app, "telegram", str(user), str(user), f"My diagnosis is {DM_SECRETS[0]}.")
@@ -238,6 +240,7 @@ async def test_telegram_group_memory_and_export_go_to_the_private_chat(app: App)
     assert any(DM_SECRETS[0] in t for t in to_user)  # the person got their own memory, privately
 
 
+@pytest.mark.backends
 async def test_discord_server_never_shows_memory(app: App) -> None:
     user, other = 900000000000000301, 900000000000000302
     async with DiscordHarness(DiscordAdapter(app, "fake-token").client) as h:

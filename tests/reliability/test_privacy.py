@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from bot.app import App
 from bot.config import Settings
 from bot.incoming import IncomingMessage
@@ -152,6 +154,7 @@ def _strings(value: Any) -> list[str]:
     return [str(value)]
 
 
+@pytest.mark.backends
 async def test_export_holds_everything_about_the_person_and_nothing_else(
     settings: Settings, clock: ManualClock
 ) -> None:
@@ -240,6 +243,7 @@ async def test_retention_deletes_old_summarised_messages_only(settings: Settings
         await app.close()
 
 
+@pytest.mark.backends
 async def test_retention_is_off_by_default(app: App, clock: ManualClock) -> None:
     assert app.settings.memory.retention_days is None
     await app.dispatcher.handle(_msg(A, "keep me"))
