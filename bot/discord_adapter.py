@@ -514,3 +514,5 @@ class DiscordAdapter:
             await writer.finish("")
             return
         await writer.finish(reply.text)
+        if writer.sent:
+            await self.dispatcher.delivered(reply, str(writer.sent[0].id))

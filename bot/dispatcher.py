@@ -128,13 +128,18 @@ class Dispatcher:
             return Reply(STORE_APOLOGY, kind="apology")
         if recorded.duplicate and await self.sessions.answered(recorded):
             # Re-delivered after it was answered. One re-delivered because a crash came before its reply
-            # (the inbox replays it) is answered now, from the copy already stored.
-            return Reply("", kind="none")
+            # (the inbox replays it) is answered now, from the copy already stored. A reply stored but never
+            # confirmed sent (the process died in between, or another process's did) is sent now.
+            pending = await self.sessions.undelivered_reply(recorded)
+            if pending is None:
+                return Reply("", kind="none")
+            return Reply(pending[1], meta={"session_id": recorded.session_id, "reply_id": pending[0]})
         try:
             context = await self.context.build(
                 user_pk=recorded.user_pk, user_name=name or msg.user_id,
                 session_id=recorded.session_id,
                 include_private=recorded.private or self.settings.private_in_groups, query=text,
+                up_to=recorded.message_id,
             )
             prompt = self.profile.reply_prompt(context)
             for hook in self.prompt_hooks:
@@ -164,12 +169,24 @@ class Dispatcher:
         except Exception:
             log.exception("unexpected error while replying")
             return Reply(APOLOGY, kind="apology")
+        reply_id = 0
         try:
-            await self.sessions.record_bot_message(recorded, answer)
+            reply_id = await self.sessions.record_bot_message(recorded, answer)
         except (StoreError, OSError) as exc:
             log.error("could not store a reply: %s", exc)
         note = f"(Your message was long, so I kept the first {self.settings.max_message_chars} characters.)\n" if cut else ""
-        return Reply(note + answer, meta={"session_id": recorded.session_id})
+        return Reply(note + answer, meta={"session_id": recorded.session_id, "reply_id": reply_id})
+
+    async def delivered(self, reply: Reply, platform_message_id: str) -> None:
+        """The adapter sent `reply` (the platform's id of the message it made): a redelivery of the message
+        it answers is not answered again. A failure here costs at most a second copy later: logged only."""
+        reply_id = int(reply.meta.get("reply_id") or 0) if reply.meta else 0
+        if not reply_id:
+            return
+        try:
+            await self.sessions.delivered(reply_id, platform_message_id)
+        except (StoreError, OSError) as exc:
+            log.warning("could not note a reply as delivered: %s", exc)
 
     # -- commands ---------------------------------------------------------------------------------
 

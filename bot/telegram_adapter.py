@@ -178,9 +178,10 @@ class InboxQueue(asyncio.Queue):  # type: ignore[type-arg]
     queued. PTB tells Telegram it has the updates (the next getUpdates' offset, or the webhook's 200) only
     after queueing them, so a crash can no longer lose a message Telegram will not send again."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, owner: str | None = None) -> None:
         super().__init__()
         self.store = store
+        self.owner = owner  # this process, as the inbox rows name it (memory/inbox.py)
         self.replayed: set[int] = set()
 
     async def replay(self, update: Update) -> None:
@@ -200,7 +201,7 @@ class InboxQueue(asyncio.Queue):  # type: ignore[type-arg]
             user = item.effective_user
             try:
                 await inbox.keep(self.store, PLATFORM, item.update_id, str(user.id) if user else None,
-                                 item.to_json())
+                                 item.to_json(), owner=self.owner)
             except Exception as exc:  # e.g. disk full: still handle it, as PTB alone would
                 log.error("Telegram: could not keep update %d before confirming it: %s", item.update_id, exc)
         await super().put(item)
@@ -332,7 +333,7 @@ class TelegramAdapter:
             .token(token)
             .concurrent_updates(ChatOrderedProcessor(on_done=self._handled))
             .rate_limiter(RateLimiter(max_retries=3))
-            .update_queue(InboxQueue(app.store))
+            .update_queue(InboxQueue(app.store, app.jobs.queue.owner))
         )
         if self.settings.base_url:
             builder = builder.base_url(self.settings.base_url)
@@ -439,7 +440,7 @@ class TelegramAdapter:
 
     async def _replay_inbox(self) -> None:
         """Updates a crash (or kill) left unhandled go first; messages already stored are not stored again."""
-        rows = await inbox.pending(self.app.store, PLATFORM)
+        rows = await inbox.pending(self.app.store, PLATFORM, self.app.jobs.queue.owner)
         for update_id, payload in rows:
             try:
                 update = Update.de_json(json.loads(payload), self.bot)
@@ -599,7 +600,9 @@ class TelegramAdapter:
             ))
             return
         for index, chunk in enumerate(chunks):
-            await self._send_text(target, chunk, quote=index == 0)
+            sent = await self._send_text(target, chunk, quote=index == 0)
+            if index == 0:
+                await self.dispatcher.delivered(reply, str(sent.message_id))
 
     async def _deliver_privately(self, incoming: IncomingMessage, target: _Target, reply: Reply,
                                  command: str) -> None:

@@ -124,12 +124,13 @@ class ContextBuilder:
     ignore_names: bool = True
 
     async def build(
-        self, *, user_pk: int, user_name: str, session_id: int, include_private: bool, query: str
+        self, *, user_pk: int, user_name: str, session_id: int, include_private: bool, query: str,
+        up_to: int | None = None,
     ) -> ReplyInput:
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown memory strategy {self.strategy!r}")
         count = self.count_tokens
-        current = await self._session_turns(session_id)
+        current = await self._session_turns(session_id, up_to)
         budget = self.budget
         memory = ""
         evidence: list[str] = []
@@ -213,9 +214,12 @@ class ContextBuilder:
             past_sessions=tuple(past),
         )
 
-    async def _session_turns(self, session_id: int) -> list[tuple[str, str]]:
+    async def _session_turns(self, session_id: int, up_to: int | None = None) -> list[tuple[str, str]]:
+        """`up_to`: the message being answered; later ones (another process stored them meanwhile, while
+        this one answers a redelivered message) are not part of its conversation yet."""
         rows = await self.store.fetchall(
-            "SELECT author, text FROM messages WHERE session_id = ? ORDER BY id", (session_id,)
+            "SELECT author, text FROM messages WHERE session_id = ? AND id <= ? ORDER BY id",
+            (session_id, up_to if up_to else 1 << 62),
         )
         return [(str(r[0]), str(r[1])) for r in rows]
 

@@ -50,7 +50,7 @@ def new_owner() -> str:
     return f"{os.uname().nodename}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
-def _dead_here(owner: str) -> bool:
+def dead_here(owner: str) -> bool:
     """An owner on this machine whose process is gone: its leases need not run out (a restart after a
     crash redoes its jobs at once). Another machine's owners, and a pid now reused, wait for their lease."""
     host, _, rest = owner.partition(":")
@@ -144,7 +144,7 @@ async def requeue_expired(store: Store, now: float, *, repair: bool = False) -> 
     `repair` (at start): a closed session without its job (should not happen) gets one; it reads every
     closed session, so not on each run."""
     owners = await store.fetchall("SELECT DISTINCT owner FROM jobs WHERE state = 'running' AND owner IS NOT NULL")
-    dead = [str(r[0]) for r in owners if _dead_here(str(r[0]))]
+    dead = [str(r[0]) for r in owners if dead_here(str(r[0]))]
     async with store.write() as db:
         cur = await db.execute(
             "UPDATE jobs SET state = 'pending', owner = NULL, lease_until = NULL "

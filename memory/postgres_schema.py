@@ -162,6 +162,12 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (platform, update_id)
     );
     """,
+    # 2: as SQLite's 8: the process that received a kept update, and the message a reply answers.
+    """
+    ALTER TABLE inbox ADD COLUMN owner TEXT;
+    ALTER TABLE messages ADD COLUMN reply_to BIGINT;
+    CREATE INDEX messages_reply_to ON messages(reply_to) WHERE reply_to IS NOT NULL;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -136,6 +136,7 @@ class PostgresStore(Store):
     environment variable the config names), so the URL can be shown and logged."""
 
     dialect = "postgresql"
+    shared = True
 
     def __init__(self, url: str, *, password: str | None = None, max_connections: int = 10) -> None:
         self.url = url

@@ -230,6 +230,15 @@ MIGRATIONS: list[str] = [
         AND first.id < compressive_memories.id);
     CREATE UNIQUE INDEX compressive_once ON compressive_memories(user_id, scope, source_sessions);
     """,
+    # 8: the process that received a kept update (memory/inbox.py): with several processes on one database
+    # a starting process replays only the updates of processes that died, never a live one's. And the
+    # message a reply answers: with several processes, a later message's reply (from another process) no
+    # longer means an earlier one was answered.
+    """
+    ALTER TABLE inbox ADD COLUMN owner TEXT;
+    ALTER TABLE messages ADD COLUMN reply_to INTEGER;
+    CREATE INDEX messages_reply_to ON messages(reply_to) WHERE reply_to IS NOT NULL;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -141,12 +141,31 @@ class SessionManager:
         return Recorded(user_pk, chat_pk, session_id, message_id, chat_kind in PRIVATE_KINDS, False, new)
 
     async def answered(self, recorded: Recorded) -> bool:
-        """Whether the bot spoke in the session after this message (a reply, or a later one's reply)."""
+        """Whether this message has its reply. Replies name the message they answer (`reply_to`); for
+        replies stored before they did, any bot message after it in the session counts, as it did then.
+        A later message's reply does not: with several processes, another one may have answered it while
+        this one's process died before replying."""
         row = await self.store.fetchone(
-            "SELECT 1 FROM messages WHERE session_id = ? AND author = 'bot' AND id > ? LIMIT 1",
-            (recorded.session_id, recorded.message_id),
+            "SELECT 1 FROM messages WHERE author = 'bot' AND (reply_to = ? OR (reply_to IS NULL "
+            "AND session_id = ? AND id > ?)) LIMIT 1",
+            (recorded.message_id, recorded.session_id, recorded.message_id),
         )
         return row is not None
+
+    async def undelivered_reply(self, recorded: Recorded) -> tuple[int, str] | None:
+        """The stored reply to this message that no platform confirmed sending (a process died between
+        storing and sending it), as (id, text): a redelivery sends it then, rather than never."""
+        row = await self.store.fetchone(
+            "SELECT id, text FROM messages WHERE author = 'bot' AND reply_to = ? AND platform_message_id IS NULL "
+            "ORDER BY id LIMIT 1", (recorded.message_id,))
+        return None if row is None else (int(row[0]), str(row[1]))
+
+    async def delivered(self, reply_id: int, platform_message_id: str) -> None:
+        """The platform confirmed the reply (its message id): a redelivered message is not answered again."""
+        async with self.store.write() as db:
+            await db.execute(
+                "UPDATE messages SET platform_message_id = ? WHERE id = ? AND author = 'bot' "
+                "AND platform_message_id IS NULL", (_key(platform_message_id), reply_id))
 
     async def ensure_session(
         self, *, platform: str, user_id: str, display_name: str, chat_id: str, chat_kind: str,
@@ -193,9 +212,10 @@ class SessionManager:
             if row is None:  # forgotten while the reply was being generated: store nothing
                 return 0
             message_id = await _inserted(db,
-                "INSERT INTO messages(session_id, user_id, chat_id, author, text, created, platform_message_id) "
-                "VALUES (?, ?, ?, 'bot', ?, ?, ?) RETURNING id",
-                (recorded.session_id, recorded.user_pk, recorded.chat_pk, text, now, platform_message_id),
+                "INSERT INTO messages(session_id, user_id, chat_id, author, text, created, platform_message_id, "
+                "reply_to) VALUES (?, ?, ?, 'bot', ?, ?, ?, ?) RETURNING id",
+                (recorded.session_id, recorded.user_pk, recorded.chat_pk, text, now, platform_message_id,
+                 recorded.message_id or None),
             )
             if row[0] == "open":
                 await db.execute(

@@ -79,6 +79,8 @@ class Store(abc.ABC):
     `fetchall`, `fetchone` and `scalar` (each one statement, seeing everything committed before it)."""
 
     dialect: str = ""
+    # Whether several bot processes may use this database at once (PostgreSQL). SQLite: one (RunLock).
+    shared: bool = False
 
     @staticmethod
     def at(target: str | Path, *, password: str | None = None) -> Store:

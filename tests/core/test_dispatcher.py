@@ -60,9 +60,22 @@ async def test_mass_mentions_from_the_model_are_defused(settings, clock: ManualC
 
 
 async def test_duplicate_delivery_gets_no_second_reply(app: App) -> None:
-    assert (await app.dispatcher.handle(_msg("hi", mid="7"))).kind == "reply"
+    first = await app.dispatcher.handle(_msg("hi", mid="7"))
+    assert first.kind == "reply"
+    await app.dispatcher.delivered(first, "900")  # the adapter sent it: the platform's message id
     assert (await app.dispatcher.handle(_msg("hi", mid="7"))).silent
     assert await app.store.scalar("SELECT COUNT(*) FROM messages WHERE author = 'user'") == 1
+
+
+async def test_a_reply_stored_but_never_sent_is_sent_when_the_message_is_redelivered(app: App) -> None:
+    """The process died between storing its reply and sending it (another process, or the next start, gets
+    the message again): the stored reply is sent then, not generated again, and only once."""
+    first = await app.dispatcher.handle(_msg("hi", mid="8"))
+    again = await app.dispatcher.handle(_msg("hi", mid="8"))
+    assert again.text == first.text and again.meta["reply_id"] == first.meta["reply_id"]
+    assert await app.store.scalar("SELECT COUNT(*) FROM messages WHERE author = 'bot'") == 1
+    await app.dispatcher.delivered(again, "901")
+    assert (await app.dispatcher.handle(_msg("hi", mid="8"))).silent
 
 
 async def test_a_message_stored_before_a_crash_but_never_answered_is_answered_when_redelivered(app: App) -> None:
@@ -71,6 +84,7 @@ async def test_a_message_stored_before_a_crash_but_never_answered_is_answered_wh
                                            chat_id="dm-alice", chat_kind="dm", text="hi", platform_message_id="8")
     reply = await app.dispatcher.handle(_msg("hi", mid="8"))
     assert reply.kind == "reply" and reply.text == "echo: hi"
+    await app.dispatcher.delivered(reply, "900")
     assert (await app.dispatcher.handle(_msg("hi", mid="8"))).silent  # and only once
     rows = await app.store.fetchall("SELECT author, text FROM messages ORDER BY id")
     assert [tuple(r) for r in rows] == [("user", "hi"), ("bot", "echo: hi")]
