@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ class CopyReport:
         return f"{rows or 'nothing'}; messages' checksum {self.checksum[:16]} matches"
 
 
-def _digest(rows: Iterator[Any]) -> str:
+def _digest(rows: Iterable[Any]) -> str:
     h = hashlib.sha256()
     for r in rows:
         h.update(repr((int(r[0]), int(r[1]), int(r[2]), str(r[3]), str(r[4]), float(r[5]))).encode())
@@ -77,8 +77,8 @@ async def copy_sqlite_to_postgres(source: Path, target: PostgresStore) -> CopyRe
                 here = int(conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
                 if there != here:
                     raise StoreError(f"copy check failed: {table} has {here} rows in SQLite, {there} in PostgreSQL")
-            here_sum = _digest(iter(conn.execute(_CHECKSUM_SQL)))
-            there_sum = _digest(iter(await pg.fetch(_CHECKSUM_SQL)))
+            here_sum = _digest(conn.execute(_CHECKSUM_SQL))
+            there_sum = _digest(await pg.fetch(_CHECKSUM_SQL))
             if here_sum != there_sum:
                 raise StoreError("copy check failed: the messages differ between SQLite and PostgreSQL")
             report.checksum = here_sum

@@ -4,8 +4,8 @@ For several `membot run` processes, on one machine or several, sharing one memor
 having one writer, PostgreSQL gets from locks: the migrations run under an advisory lock (two processes
 starting together never race), a person's sessions change under a transaction-scoped advisory lock on
 that person (one open session per person and chat, whichever process stores the message), jobs are claimed
-with `FOR UPDATE SKIP LOCKED` (two processes never take the same one) and the scheduler's sweep and job
-runs go to one process at a time (`exclusive`).
+with `FOR UPDATE SKIP LOCKED` (two processes never take the same one) and the scheduler's idle-session
+sweep goes to one process at a time (`exclusive`).
 
 The repositories' SQL is the same text as SQLite's, `?` placeholders turned into `$1, $2...` here.
 """
@@ -113,7 +113,6 @@ class _Result:
 class PostgresTx:
     """A write transaction on one pooled connection."""
 
-    dialect = "postgresql"
     skip_locked = " FOR UPDATE SKIP LOCKED"
 
     def __init__(self, conn: asyncpg.Connection) -> None:
@@ -135,7 +134,6 @@ class PostgresStore(Store):
     """A connection pool on one PostgreSQL database. `url` holds no password: it is given apart (from the
     environment variable the config names), so the URL can be shown and logged."""
 
-    dialect = "postgresql"
     shared = True
 
     def __init__(self, url: str, *, password: str | None = None, max_connections: int = 10) -> None:

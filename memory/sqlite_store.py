@@ -49,7 +49,6 @@ def _greatest(*values: Any) -> Any:
 class SQLiteTx:
     """A write transaction on the writer connection: the repositories' `tx`."""
 
-    dialect = "sqlite"
     skip_locked = ""  # one writer at a time: a claimed row cannot be claimed by another meanwhile
 
     def __init__(self, conn: aiosqlite.Connection) -> None:
@@ -219,7 +218,6 @@ def backup_file(path: Path, out: Path) -> int:
 class SQLiteStore(Store):
     """One file. Use `async with store.write() as tx:` for a transaction."""
 
-    dialect = "sqlite"
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)

@@ -18,7 +18,7 @@ in the few abstract ones.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,22 +41,12 @@ class Row(Protocol):
     def keys(self) -> Any: ...
 
 
-class Result(Protocol):
-    """What `Tx.execute` returns: awaited, it gives `rowcount`; as `async with ... as cur`, rows."""
-
-    rowcount: int
-
-    async def fetchone(self) -> Row | None: ...
-
-    async def fetchall(self) -> Sequence[Row]: ...
-
-
 class Tx(Protocol):
     """One write transaction (`async with store.write() as tx`)."""
 
-    dialect: str
-
-    def execute(self, sql: str, params: Iterable[Any] = ()) -> Any: ...
+    def execute(self, sql: str, params: Iterable[Any] = ()) -> Any:
+        """Awaited, the result gives `rowcount`; as `async with tx.execute(...) as cur`, the rows
+        (`await cur.fetchone()`, `await cur.fetchall()`)."""
 
     async def executemany(self, sql: str, rows: Iterable[Iterable[Any]]) -> None: ...
 
@@ -78,7 +68,6 @@ class Store(abc.ABC):
     """Owns the connections. Use `async with store.write() as tx:` for a transaction; reads go through
     `fetchall`, `fetchone` and `scalar` (each one statement, seeing everything committed before it)."""
 
-    dialect: str = ""
     # Whether several bot processes may use this database at once (PostgreSQL). SQLite: one (RunLock).
     shared: bool = False
 
