@@ -192,6 +192,29 @@ class DiscordSettings(Section):
     streaming: bool = False
     api_base_url: str | None = None
     gateway_url: str | None = None
+    shard_count: int | None = Field(None, ge=1)
+    shard_ids: list[int] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check_shards(self) -> DiscordSettings:
+        """Discord splits a bot's servers into `shard_count` gateway connections; `shard_ids` are the ones this
+        process opens (the others run in other processes). Checked here so a typo stops start-up with one line
+        instead of a connection Discord closes."""
+        if not self.shard_ids:
+            return self
+        if self.shard_count is None:
+            raise PydanticCustomError("shard_ids", "discord.shard_ids: set discord.shard_count too (the total "
+                                      "number of shards across every process)")
+        wrong = sorted({i for i in self.shard_ids if not 0 <= i < self.shard_count})
+        if wrong or len(set(self.shard_ids)) != len(self.shard_ids):
+            raise PydanticCustomError(
+                "shard_ids", "discord.shard_ids: each id once, from 0 to shard_count - 1 = {last}",
+                {"last": self.shard_count - 1})
+        return self
+
+    @property
+    def serves_every_shard(self) -> bool:
+        return not self.shard_ids or len(self.shard_ids) == self.shard_count
 
 
 class Settings(Section):
@@ -237,6 +260,18 @@ class Settings(Section):
         problem = self.telegram.webhook_problem() if info.field_name is None else None
         if problem:
             raise PydanticCustomError("webhook", problem)
+        return self
+
+    @model_validator(mode="after")
+    def _check_shards_share_storage(self) -> Settings:
+        """Shards served by other processes need the memory those processes share: one PostgreSQL database. On
+        SQLite a second `membot run` is refused, so this process would silently ignore the other shards'
+        servers."""
+        if not self.discord.serves_every_shard and self.storage.url is None:
+            raise PydanticCustomError(
+                "shard_ids", "discord.shard_ids: the other shards run in other processes, which must share one "
+                "PostgreSQL database (storage.url); on SQLite leave shard_ids empty and one process serves "
+                "every shard")
         return self
 
     @model_validator(mode="after")

@@ -235,25 +235,59 @@ def build_intents(message_content: bool) -> discord.Intents:
     return intents
 
 
-class MembotClient(discord.Client):
-    """`discord.Client` + an app-command tree; every event is handed to the adapter."""
+class _MembotEvents:
+    """The events membot handles, shared by the one-connection and the sharded client."""
 
-    def __init__(self, adapter: DiscordAdapter, *, intents: discord.Intents) -> None:
-        super().__init__(intents=intents, allowed_mentions=NO_MENTIONS, chunk_guilds_at_startup=False)
+    adapter: DiscordAdapter
+    tree: app_commands.CommandTree[Any]
+
+    def _membot_init(self, adapter: DiscordAdapter) -> None:
         self.adapter = adapter
-        self.tree: app_commands.CommandTree[MembotClient] = app_commands.CommandTree(self)
+        self.tree = app_commands.CommandTree(self)  # type: ignore[arg-type]
 
     async def setup_hook(self) -> None:
         await self.adapter.setup()
 
     async def on_ready(self) -> None:
-        log.info("Discord: connected as %s in %d server(s)", self.user, len(self.guilds))
+        client: discord.Client = self  # type: ignore[assignment]
+        log.info("Discord: connected as %s in %d server(s)", client.user, len(client.guilds))
 
     async def on_message(self, message: discord.Message) -> None:
         await self.adapter.on_message(message)
 
     async def on_guild_available(self, guild: discord.Guild) -> None:
         await self.adapter.note_server(guild)
+
+
+class MembotClient(_MembotEvents, discord.Client):
+    """`discord.Client` (one gateway connection, enough up to 2,500 servers) + an app-command tree."""
+
+    def __init__(self, adapter: DiscordAdapter, *, intents: discord.Intents) -> None:
+        super().__init__(intents=intents, allowed_mentions=NO_MENTIONS, chunk_guilds_at_startup=False)
+        self._membot_init(adapter)
+
+
+class ShardedMembotClient(_MembotEvents, discord.AutoShardedClient):
+    """discord.py's sharded client: `shard_count` connections, of which this process opens `shard_ids` (all
+    when empty). Discord sends a server's events to shard (server id >> 22) % shard_count and DMs to shard 0."""
+
+    def __init__(self, adapter: DiscordAdapter, *, intents: discord.Intents, shard_count: int,
+                 shard_ids: list[int] | None) -> None:
+        super().__init__(intents=intents, allowed_mentions=NO_MENTIONS, chunk_guilds_at_startup=False,
+                         shard_count=shard_count, shard_ids=shard_ids)
+        self._membot_init(adapter)
+
+    async def on_shard_ready(self, shard_id: int) -> None:
+        log.info("Discord: shard %d of %d connected", shard_id, self.shard_count)
+
+
+def build_client(adapter: DiscordAdapter, settings: DiscordSettings) -> MembotClient | ShardedMembotClient:
+    """One connection unless `discord.shard_count` is set (docs/deployment.md: several processes)."""
+    intents = build_intents(settings.message_content_intent)
+    if settings.shard_count is None:
+        return MembotClient(adapter, intents=intents)
+    return ShardedMembotClient(adapter, intents=intents, shard_count=settings.shard_count,
+                               shard_ids=list(settings.shard_ids) or None)
 
 
 class DiscordAdapter:
@@ -267,7 +301,7 @@ class DiscordAdapter:
         self.token = token
         self.settings = settings or app.settings.discord
         self.dispatcher = app.dispatcher
-        self.client = MembotClient(self, intents=build_intents(self.settings.message_content_intent))
+        self.client = build_client(self, self.settings)
         self.always_reply: set[str] = set()
         self.edit_interval = EDIT_INTERVAL
         self._task: asyncio.Task[None] | None = None
@@ -336,14 +370,20 @@ class DiscordAdapter:
             self._saved_urls = None
 
     async def setup(self) -> None:
-        """After login, before the gateway: load enabled channels, sync commands if their definitions changed."""
+        """After login, before the gateway: load enabled channels, sync commands if their definitions changed.
+
+        When shards run in several processes only shard 0's syncs: the commands are the bot's, not a shard's,
+        and one writer keeps the stored hash and Discord's copy in step."""
         self.always_reply = await always_reply_chats(self.app.store, PLATFORM)
         if self.always_reply and not self.settings.message_content_intent:
             log.warning(
                 "Discord: %d channel(s) are enabled for every message, but without the Message Content intent "
                 "Discord only sends the text of messages that mention the bot", len(self.always_reply),
             )
-        await self.sync_commands()
+        if self.settings.shard_ids and 0 not in self.settings.shard_ids:
+            log.info("Discord: slash commands are synced by the process serving shard 0")
+        else:
+            await self.sync_commands()
 
     async def is_operator(self, user_id: int) -> bool:
         """The bot's operator, who may act on every server and DM: `discord.owner_ids` when set, otherwise
@@ -495,10 +535,10 @@ class DiscordAdapter:
                 await writer.finish(NO_CONTENT_HINT)
                 return
             async with message.channel.typing():
-                reply = await self.dispatcher.handle(
-                    msg, on_partial=writer.partial if self.settings.streaming else None
+                await self.dispatcher.handle(
+                    msg, on_partial=writer.partial if self.settings.streaming else None,
+                    deliver=lambda reply: self._deliver(writer, reply),
                 )
-            await self._deliver(writer, reply)
         except discord.HTTPException as exc:
             log.warning("Discord: could not answer in channel %s: %s", message.channel.id, exc)
 

@@ -3,7 +3,7 @@ ask the model worker, store and return the reply; plus the user and admin comman
 
 Order matters: the user's message is committed before the model runs, so a model failure costs the
 person a reply, never their message. One lock per person and chat keeps each person's turns in order
-while different people are served concurrently.
+while different people are served concurrently (on PostgreSQL across processes too: `Store.turn`).
 """
 
 from __future__ import annotations
@@ -91,20 +91,29 @@ class Dispatcher:
     # -- messages ---------------------------------------------------------------------------------
 
     async def handle(
-        self, msg: IncomingMessage, *, on_partial: Callable[[str], Awaitable[None]] | None = None
+        self, msg: IncomingMessage, *, on_partial: Callable[[str], Awaitable[None]] | None = None,
+        deliver: Callable[[Reply], Awaitable[None]] | None = None,
     ) -> Reply:
-        """Answer one message; never raises for anything a user can send."""
+        """Answer one message; never raises for anything a user can send (`deliver` may: it is the adapter's).
+
+        `deliver` sends the reply, within the person's turn: their next message is answered once this reply
+        is on screen and noted as delivered. Otherwise a process handling a redelivery of this message could
+        find the reply stored but not yet confirmed sent, and send it a second time."""
         text, cut = clean_incoming(msg.text, self.settings.max_message_chars)
-        if not text:
-            return Reply(EMPTY, kind="notice")
-        if text.startswith("/"):
-            return await self.command(msg, text)
+        if not text or text.startswith("/"):
+            reply = await self.command(msg, text) if text else Reply(EMPTY, kind="notice")
+            if deliver is not None:
+                await deliver(reply)
+            return reply
         key = (msg.platform, msg.user_id, msg.chat_id)
         lock = self._locks.get(key)
         if lock is None:
             lock = self._locks[key] = asyncio.Lock()
-        async with lock:
-            return await self._reply(msg, text, cut, on_partial)
+        async with lock, self.store.turn(":".join(key)):  # and across processes on PostgreSQL
+            reply = await self._reply(msg, text, cut, on_partial)
+            if deliver is not None:
+                await deliver(reply)
+            return reply
 
     def _partials(
         self, on_partial: Callable[[str], Awaitable[None]] | None

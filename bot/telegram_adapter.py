@@ -536,8 +536,10 @@ class TelegramAdapter:
         try:
             command = command_name(incoming.text)
             stream = _Stream(self, target) if self.settings.streaming and command is None else None
-            reply = await self.dispatcher.handle(incoming, on_partial=stream.partial if stream else None)
-            await self._deliver(incoming, target, reply, command[0] if command else None, stream)
+            await self.dispatcher.handle(
+                incoming, on_partial=stream.partial if stream else None,
+                deliver=lambda reply: self._deliver(incoming, target, reply, command[0] if command else None,
+                                                    stream))
         except Forbidden as exc:
             log.info("Telegram: cannot write to chat %s: %s", message.chat_id, exc)
         finally:
@@ -579,6 +581,8 @@ class TelegramAdapter:
                        stream: _Stream | None) -> None:
         chunks = [] if reply.silent else telegram_chunks(reply.text)
         if stream is not None and await stream.finish(chunks):
+            if stream.message_id is not None and chunks:
+                await self.dispatcher.delivered(reply, str(stream.message_id))
             return
         if reply.silent:
             return

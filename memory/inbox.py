@@ -11,8 +11,9 @@ Rows hold raw update JSON for seconds; forgetting a person deletes theirs too (m
 Each row names the process that received it (`owner`, as the job leases do). With several processes on one
 PostgreSQL database, a process that starts replays only the rows of processes that are gone (on this
 machine: their pid no longer runs; on another: kept over STALE_AFTER ago), never the updates a live process
-is handling: that would answer them twice. On SQLite only one bot process runs, so every row left is a dead
-run's.
+is handling: that would answer them twice. An update the platform sends again (its first receiver never
+said "received") belongs to the process that received it last, which handles it now. On SQLite only one bot
+process runs, so every row left is a dead run's.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ async def keep(store: Store, platform: str, update_id: int, user_id: str | None,
     async with store.write() as db:
         await db.execute(
             "INSERT INTO inbox(platform, update_id, user_id, payload, received, owner) VALUES (?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT(platform, update_id) DO NOTHING",
+            "ON CONFLICT(platform, update_id) DO UPDATE SET owner = excluded.owner",
             (platform, update_id, user_id, payload, time.time() if now is None else now, owner),
         )
 

@@ -12,7 +12,9 @@ The repositories' SQL is the same text as SQLite's, `?` placeholders turned into
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import logging
 import re
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -31,6 +33,12 @@ log = logging.getLogger(__name__)
 _MIGRATE_KEY = 0x6D656D626F74  # "membot"
 _PERSON = 1 << 48
 _EXCLUSIVE = 2 << 48
+# Every statement membot runs is small. A full-text search's tsquery is unknown when it is planned, so the
+# planner guessed 5,000 hits and started parallel workers for every search: on 2 cores that cost more than
+# the search (bench/store.py --backend postgresql: heavy-user p95 53.9 ms at 1M messages with them).
+SESSION_SETTINGS = {"max_parallel_workers_per_gather": "0", "jit": "off"}
+_TURNS = 0x6D656D62  # "memb": the class of the two-key advisory locks on turns (a key space of its own)
+TURN_WAIT = 300.0  # seconds a reply waits for the same person's previous one in another process
 
 
 @functools.lru_cache(maxsize=2048)
@@ -141,6 +149,7 @@ class PostgresStore(Store):
         self.password = password
         self.max_connections = max_connections
         self._pool: asyncpg.Pool | None = None
+        self._turns: asyncpg.Pool | None = None
 
     def __repr__(self) -> str:
         return f"PostgresStore({where(self.url)})"
@@ -149,6 +158,7 @@ class PostgresStore(Store):
         try:
             self._pool = await asyncpg.create_pool(
                 self.url, password=self.password, min_size=1, max_size=self.max_connections,
+                server_settings=SESSION_SETTINGS,
             )
         except asyncpg.InvalidPasswordError:
             raise StoreError(f"the database server {where(self.url)} refused the password (storage.password_env)"
@@ -179,6 +189,9 @@ class PostgresStore(Store):
                 await conn.execute("INSERT INTO membot_schema(version) VALUES ($1)", number)
 
     async def close(self) -> None:
+        if self._turns is not None:
+            await self._turns.close()
+            self._turns = None
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -208,7 +221,8 @@ class PostgresStore(Store):
 
     async def _hits(self, user_pk: int, words: list[str]) -> tuple[str, list[Any]] | None:
         """The person's keyed terms (memory/postgres_schema.py) through the GIN index, ranked by ts_rank."""
-        return ("q AS (SELECT membot_query((SELECT fts_key FROM users WHERE id = ?), ?) AS q), "
+        # MATERIALIZED: inlined, the keyed query (a sha256 per word) was computed again for every matching row.
+        return ("q AS MATERIALIZED (SELECT membot_query((SELECT fts_key FROM users WHERE id = ?), ?) AS q), "
                 "hits AS (SELECT m.id, -ts_rank(m.terms, q.q) AS score FROM messages m, q WHERE m.terms @@ q.q "
                 "ORDER BY score LIMIT ?)", [user_pk, " ".join(words)])
 
@@ -220,6 +234,36 @@ class PostgresStore(Store):
     async def integrity_ok(self) -> bool:
         version = await self.scalar("SELECT MAX(version) FROM membot_schema")
         return version == SCHEMA_VERSION
+
+    @asynccontextmanager
+    async def turn(self, key: str) -> AsyncIterator[None]:  # type: ignore[override]
+        """A session-level advisory lock on (TURNS, hash of `key`), waited for on a connection of its own pool:
+        the turns' connections sit idle while the model writes, and must never take the storage pool's (a
+        reply waiting for its turn would then starve the writes of the reply ahead of it). Waiting longer
+        than `TURN_WAIT` seconds (a stuck process elsewhere) answers out of order rather than not at all."""
+        objid = int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big", signed=True)
+        pool, conn, locked = None, None, False
+        try:
+            pool = await self._turn_pool()
+            conn = await pool.acquire(timeout=TURN_WAIT)
+            await conn.execute("SELECT pg_advisory_lock($1, $2)", _TURNS, objid, timeout=TURN_WAIT)
+            locked = True
+        except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            log.warning("answering without waiting for this person's previous turn: %s", type(exc).__name__)
+        try:
+            yield
+        finally:
+            if conn is not None and pool is not None:
+                if locked:
+                    with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                        await conn.execute("SELECT pg_advisory_unlock($1, $2)", _TURNS, objid)
+                await pool.release(conn)  # its reset unlocks whatever is left
+
+    async def _turn_pool(self) -> asyncpg.Pool:
+        if self._turns is None:
+            self._turns = await asyncpg.create_pool(self.url, password=self.password, min_size=0,
+                                                    max_size=self.max_connections)
+        return self._turns
 
     @asynccontextmanager
     async def exclusive(self, name: str) -> AsyncIterator[bool]:  # type: ignore[override]

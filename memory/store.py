@@ -18,6 +18,7 @@ in the few abstract ones.
 from __future__ import annotations
 
 import abc
+import contextlib
 from collections.abc import Iterable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -152,6 +153,13 @@ class Store(abc.ABC):
     def exclusive(self, name: str) -> AbstractAsyncContextManager[bool]:
         """Yields True to one process at a time for `name` (the scheduler's sweep and job runs), False to
         the others meanwhile, which skip their turn rather than repeat the work."""
+
+    def turn(self, key: str) -> AbstractAsyncContextManager[None]:
+        """Held while one person's message in one chat is answered (`key` names the person and chat), so that
+        their next message, whichever process it reaches, is answered after this one, with this reply in its
+        context. One process owns a SQLite file, and the dispatcher's own lock orders its turns: nothing to do
+        here; the PostgreSQL store waits on an advisory lock."""
+        return contextlib.nullcontext()
 
     async def fetchone(self, sql: str, params: Iterable[Any] = ()) -> Row | None:
         rows = await self.fetchall(sql, params)

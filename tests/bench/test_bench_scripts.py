@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from tests.postgres_server import REQUIRED_ENV, binaries
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -43,6 +45,28 @@ def test_store_quick() -> None:
     baseline = large["baseline_unowned_fts"]
     assert baseline["heavy_user"]["p95_ms"] > 0 and large["heavy_user_p95_speedup_vs_baseline"] > 0
     assert 0.5 < baseline["typical_user"]["top42_overlap_with_owner_terms"] <= 1
+    assert isinstance(result["target_met"], bool)
+
+
+def test_store_quick_postgresql() -> None:
+    if binaries() is None and os.environ.get(REQUIRED_ENV) != "required":
+        pytest.skip("PostgreSQL is not installed (no initdb): the PostgreSQL store benchmark is skipped")
+    result = run_quick("store.py", "--backend", "postgresql")
+    assert result["benchmark"] == "store" and result["backend"] == "postgresql"
+    assert result["server_settings"]["server_version"]
+    small, large = result["results"]["messages_2000"], result["results"]["messages_10000"]
+    assert small["messages"] == 2_000 and large["messages"] == 10_000
+    assert large["db_bytes"] > small["db_bytes"] > 0 and large["terms_index_mib"] > 0
+    assert large["insert_messages_per_s"] > 0 and large["build_messages_per_s"] > 0
+    for label in ("heavy_user", "typical_user"):
+        assert large[f"{label}_messages"] > 0
+        found = large[f"{label}_fts"]
+        assert found["queries"] == 20 and 0 < found["p50_ms"] <= found["p95_ms"] and found["mean_hits"] > 0
+        baseline = large["baseline_plain_tsvector"][label]
+        assert baseline["p95_ms"] > 0 and baseline["plan"]
+        assert 0.5 < baseline["top42_overlap_with_keyed_terms"] <= 1  # the same stems, ranked alike
+        assert large[f"{label}_p95_speedup_vs_baseline"] > 0
+    assert large["baseline_plain_tsvector"]["index_mib_baseline"] > 0
     assert isinstance(result["target_met"], bool)
 
 

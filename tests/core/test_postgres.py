@@ -127,6 +127,39 @@ async def test_forget_leaves_no_row_of_the_person_in_any_table(settings, clock: 
         await app.close()
 
 
+async def test_a_persons_next_message_in_another_process_waits_for_the_reply_ahead(postgres_url: str) -> None:
+    """Two apps (standing for two processes) on one database: a person's second message reaches the other
+    process while the first is still being answered. It is answered after the first reply is stored, with
+    that reply in its prompt. Without the turn lock the second reply is written at once, blind to the first.
+    Another person is not held up meanwhile."""
+    settings = load_settings(None, overrides={"storage.url": postgres_url, "model.backend": "fake",
+                                              "sessions.inactivity_timeout": 600})
+    slow, other = FakeBackend(delay=0.8), FakeBackend()
+    apps = [await App.create(settings, backend=b, clock=ManualClock(1_000_000.0)) for b in (slow, other)]
+    for app in apps:
+        await app.start(schedule=False)
+
+    def say(user: str, text: str) -> IncomingMessage:
+        return IncomingMessage(platform="telegram", user_id=user, display_name="Ann", chat_id=user,
+                               chat_kind="dm", text=text)
+
+    try:
+        first = asyncio.create_task(apps[0].dispatcher.handle(say("31", "first zqfirst")))
+        await asyncio.sleep(0.2)  # the first is stored and its reply being written
+        second = asyncio.create_task(apps[1].dispatcher.handle(say("31", "second zqsecond")))
+        someone_else = await asyncio.wait_for(apps[1].dispatcher.handle(say("32", "not held up")), 0.6)
+        assert someone_else.text == "echo: not held up" and not first.done()
+        assert (await first).text == "echo: first zqfirst"
+        assert (await second).text == "echo: second zqsecond"
+        prompts = ["\n".join(content for _, content in p.messages or []) for p in other.prompts]
+        assert "echo: first zqfirst" in next(p for p in prompts if "zqsecond" in p)
+        rows = await apps[0].store.fetchall("SELECT text FROM messages WHERE author = 'bot' ORDER BY id")
+        assert [r[0] for r in rows if "zq" in r[0]] == ["echo: first zqfirst", "echo: second zqsecond"]
+    finally:
+        for app in apps:
+            await app.close()
+
+
 def _membot(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "bot.cli", "--config", str(config), *args], cwd=REPO,
                           capture_output=True, text=True, timeout=180)

@@ -11,7 +11,8 @@ answers with this server's ws:// URL too).
 Gateway: HELLO -> (client heartbeat, ACK) -> IDENTIFY (recorded) -> READY (guilds
 unavailable) -> one GUILD_CREATE per guild. Frames are zlib-stream compressed when the
 client asks for ``compress=zlib-stream`` (discord.py does by default) and plain JSON text
-otherwise. REQUEST_GUILD_MEMBERS gets a single GUILD_MEMBERS_CHUNK; RESUME gets RESUMED.
+otherwise. Sharded clients (IDENTIFY with ``shard: [id, count]``) get only their shard's guilds, and
+``dispatch(..., shard=k)`` sends an event on shard k's connection. REQUEST_GUILD_MEMBERS gets a single GUILD_MEMBERS_CHUNK; RESUME gets RESUMED.
 
 Typical use::
 
@@ -73,6 +74,7 @@ class _GatewayConnection:
         self.ws = ws
         self._zlib = zlib.compressobj() if compress else None
         self.session_id: str | None = None
+        self.shard: tuple[int, int] = (0, 1)  # (id, count) from its IDENTIFY
         self.sync_waiters: list[asyncio.Future[None]] = []
 
     async def send(self, payload: Payload) -> None:
@@ -124,6 +126,8 @@ class FakeDiscordServer:
         self._failures: list[_Failure] = []
         self._connections: list[_GatewayConnection] = []
         self._current: _GatewayConnection | None = None
+        self._by_shard: dict[int, _GatewayConnection] = {}
+        self._session_shards: dict[str, tuple[int, int]] = {}
         self._seq = 0
         self._runner: web.AppRunner | None = None
         self._changed: asyncio.Condition | None = None
@@ -186,37 +190,50 @@ class FakeDiscordServer:
         """Whether a client websocket is open."""
         return self._current is not None and not self._current.ws.closed
 
-    def _conn(self) -> _GatewayConnection:
-        if self._current is None or self._current.ws.closed:
-            raise RuntimeError("no client connected to the fake gateway")
-        return self._current
+    def _conn(self, shard: int | None = None) -> _GatewayConnection:
+        conn = self._current if shard is None else self._by_shard.get(shard)
+        if conn is None or conn.ws.closed:
+            raise RuntimeError(f"no client connected to the fake gateway (shard {shard})")
+        return conn
+
+    @staticmethod
+    def shard_of(guild_id: int | str | None, shard_count: int) -> int:
+        """Discord's rule: a server's events go to shard (guild_id >> 22) % shard_count; DMs to shard 0."""
+        return 0 if guild_id is None else (int(guild_id) >> 22) % shard_count
+
+    def connected_shards(self) -> dict[int, int]:
+        """Shard id -> shard count, for every shard whose websocket is open."""
+        return {sid: conn.shard[1] for sid, conn in self._by_shard.items() if not conn.ws.closed}
 
     async def _send_dispatch(self, conn: _GatewayConnection, event: str, data: Any) -> int:
         self._seq += 1
         await conn.send({"op": 0, "t": event, "s": self._seq, "d": data})
         return self._seq
 
-    async def dispatch(self, event: str, payload: Payload, *, sync: bool = True) -> int:
+    async def dispatch(
+        self, event: str, payload: Payload, *, sync: bool = True, shard: int | None = None
+    ) -> int:
         """Send a DISPATCH (op 0) event, e.g. ``"MESSAGE_CREATE"``; returns its sequence.
 
         With ``sync`` this returns once the client has *parsed* it (see ``sync``); the
         handler tasks it spawned may still be running, so await their REST effects with
-        ``wait_for_request``.
+        ``wait_for_request``. ``shard`` sends it on that shard's connection (as Discord
+        does: see ``shard_of``); without, on the latest connection.
         """
         if event == "INTERACTION_CREATE":
             self.backend.register_interaction(payload)
-        seq = await self._send_dispatch(self._conn(), event, payload)
+        seq = await self._send_dispatch(self._conn(shard), event, payload)
         if sync:
-            await self.sync()
+            await self.sync(shard=shard)
         return seq
 
-    async def sync(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109
+    async def sync(self, timeout: float = 5.0, *, shard: int | None = None) -> None:  # noqa: ASYNC109
         """Barrier: ask for a heartbeat (op 1) and wait for it.
 
         Why: the client handles frames in order, so its answer proves every earlier
         frame was parsed (the periodic heartbeat interval is long enough not to interfere).
         """
-        conn = self._conn()
+        conn = self._conn(shard)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         conn.sync_waiters.append(fut)
         await conn.send({"op": HEARTBEAT, "d": None})
@@ -227,6 +244,12 @@ class FakeDiscordServer:
         assert self._ready_sent is not None, "server not started"
         await asyncio.wait_for(self._ready_sent.wait(), timeout)
         return self.identifies[-1]
+
+    async def wait_for_shards(self, shards: set[int], timeout: float = 30.0) -> None:  # noqa: ASYNC109
+        """Wait until each of ``shards`` has IDENTIFYed and got its READY and GUILD_CREATEs."""
+        assert self._changed is not None, "server not started"
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: shards <= set(self.connected_shards()))
 
     async def request_reconnect(self) -> None:
         """Send op 7 RECONNECT; discord.py reconnects and RESUMEs (recorded in ``resumes``)."""
@@ -409,6 +432,8 @@ class FakeDiscordServer:
             self._connections.remove(conn)
             if self._current is conn:
                 self._current = None
+            if self._by_shard.get(conn.shard[0]) is conn:
+                del self._by_shard[conn.shard[0]]
         return ws
 
     async def _on_frame(self, conn: _GatewayConnection, frame: Payload) -> None:
@@ -422,24 +447,35 @@ class FakeDiscordServer:
                     fut.set_result(None)
         elif op == IDENTIFY:
             self.identifies.append(data)
+            sid, count = data.get("shard") or (0, 1)
+            conn.shard = (int(sid), int(count))
             conn.session_id = self.session_id = uuid.uuid4().hex
-            await self._send_dispatch(conn, "READY", self._ready_payload(conn.session_id))
-            for guild in self.guilds:
+            guilds = [g for g in self.guilds if self.shard_of(g["id"], conn.shard[1]) == conn.shard[0]]
+            await self._send_dispatch(conn, "READY", self._ready_payload(conn.session_id, conn.shard, guilds))
+            for guild in guilds:
                 await self._send_dispatch(conn, "GUILD_CREATE", guild)
+            self._by_shard[conn.shard[0]] = conn
+            self._session_shards[conn.session_id] = conn.shard
+            assert self._changed is not None
+            async with self._changed:
+                self._changed.notify_all()
             assert self._ready_sent is not None
             self._ready_sent.set()
         elif op == RESUME:
             self.resumes.append(data)
             conn.session_id = data.get("session_id")
+            conn.shard = self._session_shards.get(str(conn.session_id), (0, 1))
+            self._by_shard[conn.shard[0]] = conn
             await self._send_dispatch(conn, "RESUMED", {})
         elif op == REQUEST_MEMBERS:
             await self._send_member_chunk(conn, data)
 
-    def _ready_payload(self, session_id: str) -> Payload:
+    def _ready_payload(self, session_id: str, shard: tuple[int, int], guilds: list[Payload]) -> Payload:
         return {
             "v": 10,
             "user": self.bot_user,
-            "guilds": [{"id": g["id"], "unavailable": True} for g in self.guilds],
+            "shard": list(shard),
+            "guilds": [{"id": g["id"], "unavailable": True} for g in guilds],
             "session_id": session_id,
             "session_type": "normal",
             "resume_gateway_url": self.gateway_url,

@@ -393,13 +393,18 @@ class _StreamingDispatcher:
 
     def __init__(self, partials: list[str], final: Reply) -> None:
         self.partials, self.final = partials, final
+        self.noted: list[str] = []
 
-    async def handle(self, msg: IncomingMessage, *, on_partial=None) -> Reply:
-        assert on_partial is not None
+    async def handle(self, msg: IncomingMessage, *, on_partial=None, deliver=None) -> Reply:
+        assert on_partial is not None and deliver is not None
         for text in self.partials:
             await on_partial(text)
             await asyncio.sleep(0.03)
+        await deliver(self.final)
         return self.final
+
+    async def delivered(self, reply: Reply, platform_message_id: str) -> None:
+        self.noted.append(platform_message_id)
 
 
 async def test_streamed_reply_past_4096_characters_continues_in_new_messages(
@@ -417,6 +422,8 @@ async def test_streamed_reply_past_4096_characters_continues_in_new_messages(
     first = fake_telegram.get_message(USER, sent[0].response["message_id"])["text"]
     assert "\n\n".join([first, *(c.params["text"] for c in sent[1:])]) == long_text
     assert all(len(c.params["text"]) <= MAX_TEXT for c in fake_telegram.calls_of("editMessageText"))
+    # noted as delivered under the message that grew in place, so a redelivery does not send it again
+    assert bot.dispatcher.noted == [str(sent[0].response["message_id"])]
 
     # A reply that ends up silent (the person was forgotten meanwhile) takes its partial text back.
     bot.dispatcher = _StreamingDispatcher(["Hello the", "Hello there"], Reply("", kind="none"))
@@ -424,6 +431,7 @@ async def test_streamed_reply_past_4096_characters_continues_in_new_messages(
     fake_telegram.send_private_text(USER, "and forget me")
     deleted = await fake_telegram.wait_for_call("deleteMessage", start=mark, done=True)
     assert deleted.ok and fake_telegram.get_message(USER, deleted.params["message_id"]) is None
+    assert bot.dispatcher.noted == []
 
 
 # -- webhook --------------------------------------------------------------------------------------

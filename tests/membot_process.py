@@ -1,0 +1,57 @@
+"""`membot run` as a real child process, for the tests (and benchmarks) that run several bot processes on one
+database: started with its own config and environment, its stderr appended to a log file, stopped with
+SIGTERM (the way an operator stops it) or killed with SIGKILL (the way a crash does)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CLEARED = ("TELEGRAM_BOT_TOKEN", "DISCORD_BOT_TOKEN", "MEMBOT_CONFIG")
+
+
+class MembotRun:
+    """One `python -m bot.cli --config CONFIG run`; `env` adds to this process's environment, without the
+    platforms' token variables (each test names the ones its processes use)."""
+
+    def __init__(self, config: Path, log: Path, env: Mapping[str, str]) -> None:
+        self.config = config
+        self.log = log
+        self.env = {k: v for k, v in os.environ.items() if k not in CLEARED} | {"PYTHONPATH": str(REPO), **env}
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "bot.cli", "--config", str(self.config), "run",
+                cwd=REPO, env=self.env, stdout=asyncio.subprocess.DEVNULL, stderr=log)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
+    async def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        await self.proc.wait()
+
+    async def stop(self, timeout: float = 30.0) -> int | None:  # noqa: ASYNC109
+        """SIGTERM, then SIGKILL after `timeout` seconds; the exit status (None if it never started)."""
+        if self.proc is None:
+            return None
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), timeout)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        return self.proc.returncode
+
+    def tail(self, chars: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
