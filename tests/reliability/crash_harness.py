@@ -1,8 +1,14 @@
 """Crash drill: the real bot process under a multi-user load, SIGKILLed at chosen moments, over and over.
 
     python -m tests.reliability.crash_harness --rounds 20 [--seed 1] [--users 8] [--keep DIR]
+        [--backend postgresql | --postgres-url postgresql://user@host:port/empty_database]
 
 prints one JSON summary on stdout and exits 0 when every guarantee held, 1 otherwise.
+
+Storage: a SQLite file in the work folder by default; with `--postgres-url` the bot's `[storage] url` is that
+(empty) PostgreSQL database, and with `--backend postgresql` alone the drill starts a throwaway cluster
+(tests/postgres_server.py) for itself and stops it at the end. On PostgreSQL the bot process dies but the
+server stays up, which is the realistic crash: the server's own recovery is its business, the rows are ours.
 
 Set-up: a fake Telegram Bot API server (tests.fakes.telegram_api) runs in this process on 127.0.0.1; the bot is
 `membot run` in its own process (wrapped by tests.reliability.netaudit, which records every connection it
@@ -14,7 +20,8 @@ mentioning the bot in a group, bursts of several messages, `/end`), and SIGKILLs
 in turn: while it stores a burst of messages, while it generates replies, while a session-memory job runs,
 while a compression job runs, and at a random moment. After every kill the database is checked:
 
-- `PRAGMA integrity_check` and the FTS5 index's own integrity check pass;
+- SQLite: `PRAGMA integrity_check` and the FTS5 index's own integrity check pass; PostgreSQL: the store's
+  `integrity_ok()` (schema at the current version); on both, the row-level checks below, the same SQL text;
 - every message the bot had acknowledged to Telegram (update ids up to the offset it confirmed) is stored,
   once; nothing is stored that was not sent;
 - no job is lost: every closed session without a session memory has its pending (or running) job, every
@@ -50,6 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from memory.fts import register as register_fts
+from memory.store import Store, is_postgres
 from tests.fakes.telegram_api import FakeTelegramServer
 from tests.reliability import netaudit
 
@@ -83,8 +91,9 @@ class State:
     seq: int = 0
 
 
-def _config(work: Path, server: FakeTelegramServer) -> Path:
+def _config(work: Path, server: FakeTelegramServer, target: str) -> Path:
     path = work / "membot.toml"
+    storage = f'url = "{target}"' if is_postgres(target) else f'path = "{target}"'
     path.write_text(
         f"""
 [bot]
@@ -104,7 +113,7 @@ batch_size = 3
 retry_backoff = "1s"
 
 [storage]
-path = "{work / 'membot.sqlite3'}"
+{storage}
 
 [logging]
 level = "INFO"
@@ -155,38 +164,135 @@ class Bot:
         return int(self.proc.returncode or 0)
 
 
-class Reader:
-    """Read-only peeks at the database while the bot runs (WAL lets them go on beside its writer)."""
+class Db:
+    """The drill's view of the database, one SQL text (`?` placeholders) for both backends: `all` gives rows as
+    tuples, `one` the first column of the first row as an int (0 for no row or NULL), `problems` what the
+    backend's own integrity checks find."""
 
-    def __init__(self, db: Path) -> None:
-        self.db = db
-        self.conn: sqlite3.Connection | None = None
+    async def all(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
 
-    def one(self, sql: str, params: tuple[Any, ...] = ()) -> int:
+    async def one(self, sql: str, params: tuple[Any, ...] = ()) -> int:
+        rows = await self.all(sql, params)
+        return int(rows[0][0] or 0) if rows else 0
+
+    async def problems(self) -> list[str]:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    async def open(target: str, *, read_only: bool) -> Db | None:
+        """For the peeks (`read_only`), None when there is nothing to open yet (no SQLite file); for the
+        checks, the database or the error that kept it from opening."""
+        if is_postgres(target):
+            return await PostgresDb.connect(target)
+        return SQLiteDb.connect(Path(target), read_only=read_only)
+
+
+class SQLiteDb(Db):
+    """sqlite3 on the file: read-only for the peeks while the bot runs (WAL lets them go on beside its
+    writer); read-write for the checks after a kill, so that WAL recovery runs and the FTS5 index's
+    integrity-check (an INSERT command that changes nothing) can be issued."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    @staticmethod
+    def connect(path: Path, *, read_only: bool) -> SQLiteDb | None:
+        if read_only:
+            if not path.exists():
+                return None
+            return SQLiteDb(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2))
+        conn = sqlite3.connect(path, timeout=10)
+        register_fts(conn)
+        return SQLiteDb(conn)
+
+    async def all(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in self.conn.execute(sql, params).fetchall()]
+
+    async def problems(self) -> list[str]:
+        found: list[str] = []
+        integrity = self.conn.execute("PRAGMA integrity_check").fetchone()[0]
+        if integrity != "ok":
+            found.append(f"integrity_check: {integrity}")
         try:
-            if self.conn is None:
-                if not self.db.exists():
+            self.conn.execute("INSERT INTO messages_fts(messages_fts, rank) VALUES ('integrity-check', 1)")
+        except sqlite3.Error as exc:
+            found.append(f"fts integrity-check: {exc}")
+        return found
+
+    async def close(self) -> None:
+        self.conn.close()
+
+
+class PostgresDb(Db):
+    """The bot's own store (memory/postgres_store.py) on the same database: its `fetchall` turns the `?`
+    placeholders into PostgreSQL's, and its `integrity_ok` is what `membot db check` asks of the server."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    @staticmethod
+    async def connect(url: str) -> PostgresDb:
+        store = Store.at(url)
+        await store.connect()
+        return PostgresDb(store)
+
+    async def all(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in await self.store.fetchall(sql, params)]
+
+    async def problems(self) -> list[str]:
+        found = [] if await self.store.integrity_ok() else ["integrity_ok: the schema is not at its current version"]
+        # The full-text index's counterpart of FTS5's integrity-check: every message's keyed terms are what
+        # the trigger computes from its text and its owner's key (memory/postgres_schema.py).
+        stale = await self.one(
+            "SELECT COUNT(*) FROM messages m JOIN users u ON u.id = m.user_id "
+            "WHERE m.terms IS DISTINCT FROM membot_terms(u.fts_key, m.text)")
+        if stale:
+            found.append(f"full-text terms: {stale} messages' terms do not match their text")
+        return found
+
+    async def close(self) -> None:
+        await self.store.close()
+
+
+class Reader:
+    """Read-only peeks at the database while the bot runs; any error (the bot not yet up, the file being
+    created) reads as 0 and the next peek opens it again."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.db: Db | None = None
+
+    async def one(self, sql: str, params: tuple[Any, ...] = ()) -> int:
+        try:
+            if self.db is None:
+                self.db = await Db.open(self.target, read_only=True)
+                if self.db is None:
                     return 0
-                self.conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=2)
-            row = self.conn.execute(sql, params).fetchone()
-            return int(row[0] or 0) if row else 0
-        except sqlite3.Error:
-            self.close()
+            return await self.db.one(sql, params)
+        except Exception:
+            await self.close()
             return 0
 
-    def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
+    async def close(self) -> None:
+        if self.db is not None:
+            db, self.db = self.db, None
+            with contextlib.suppress(Exception):
+                await db.close()
 
 
 class Drill:
-    def __init__(self, args: argparse.Namespace, work: Path) -> None:
+    def __init__(self, args: argparse.Namespace, work: Path, target: str | None = None) -> None:
         self.args = args
         self.work = work
         self.rng = random.Random(args.seed)
         self.state = State()
-        self.db = work / "membot.sqlite3"
+        # A SQLite file in the work folder, or the PostgreSQL URL (an empty database).
+        self.target = target or str(work / "membot.sqlite3")
+        self.backend = "postgresql" if is_postgres(self.target) else "sqlite"
         self.users = [100_001 + i for i in range(args.users)]
         self.server = FakeTelegramServer(bot_token=TOKEN, bot_username=BOT_USERNAME)
 
@@ -225,7 +331,7 @@ class Drill:
     async def wait_for(self, reader: Reader, sql: str, timeout: float) -> bool:  # noqa: ASYNC109
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if reader.one(sql) > 0:
+            if await reader.one(sql) > 0:
                 return True
             await asyncio.sleep(0.005)
         return False
@@ -234,13 +340,13 @@ class Drill:
         if mode == "storing":
             # Bursts from different people at once; kill when some but not all of a burst are stored.
             for _ in range(20):
-                base = reader.one("SELECT COUNT(*) FROM messages WHERE author = 'user'")
+                base = await reader.one("SELECT COUNT(*) FROM messages WHERE author = 'user'")
                 burst = self.rng.randint(4, 8)
                 for user in self.rng.sample(self.users, min(burst, len(self.users))):
                     self.send(user)
                 deadline = time.monotonic() + 5
                 while time.monotonic() < deadline:
-                    now = reader.one("SELECT COUNT(*) FROM messages WHERE author = 'user'")
+                    now = await reader.one("SELECT COUNT(*) FROM messages WHERE author = 'user'")
                     if base < now < base + burst:
                         return True
                     if now >= base + burst:
@@ -248,7 +354,7 @@ class Drill:
                     await asyncio.sleep(0.002)
                 await asyncio.sleep(self.rng.uniform(0.0, 0.3))
             return False
-        baseline = reader.one("SELECT COALESCE(MAX(id), 0) FROM messages")
+        baseline = await reader.one("SELECT COALESCE(MAX(id), 0) FROM messages")
         # Jobs yield to replies, so for the job modes the people pause after a while and the jobs get the model.
         seconds = self.rng.uniform(1.0, 2.5) if mode in ("session_memory", "compress") else float("inf")
         load = asyncio.create_task(self.load(end_rate=0.1 if mode in ("generating", "random") else 0.6,
@@ -284,22 +390,19 @@ class Drill:
     def violation(self, text: str) -> None:
         self.state.violations.append(text)
 
-    def check(self, *, acked_up_to: int, final: bool = False) -> dict[str, int]:
-        """The invariants, on the database the killed bot left (opened read-write: WAL recovery runs)."""
+    async def check(self, *, acked_up_to: int, final: bool = False) -> dict[str, int]:
+        """The invariants, on the database the killed bot left (SQLite: opened read-write, so WAL recovery runs;
+        PostgreSQL: the server, still up, has rolled back what the dead process left open)."""
         s = self.state
-        conn = sqlite3.connect(self.db, timeout=10)
-        register_fts(conn)
+        conn = await Db.open(self.target, read_only=False)
+        if conn is None:
+            raise RuntimeError(f"cannot open the drill's database {self.target}")
         try:
-            integrity = conn.execute("PRAGMA integrity_check").fetchone()[0]
-            if integrity != "ok":
-                self.violation(f"integrity_check: {integrity}")
-            try:
-                conn.execute("INSERT INTO messages_fts(messages_fts, rank) VALUES ('integrity-check', 1)")
-            except sqlite3.Error as exc:
-                self.violation(f"fts integrity-check: {exc}")
+            for problem in await conn.problems():
+                self.violation(problem)
 
             stored: dict[tuple[str, str], list[str]] = {}
-            for chat, mid, text in conn.execute(
+            for chat, mid, text in await conn.all(
                 "SELECT c.platform_chat_id, m.platform_message_id, m.text FROM messages m "
                 "JOIN chats c ON c.id = m.chat_id WHERE m.author = 'user'"
             ):
@@ -312,7 +415,7 @@ class Drill:
                 if x is None or texts[0] != x.text:
                     self.violation(f"stored message {key} was never sent as {texts[0]!r}")
             # Acknowledged to Telegram means stored, or kept in the inbox to be stored at the next start.
-            kept = {int(r[0]) for r in conn.execute("SELECT update_id FROM inbox WHERE platform = 'telegram'")}
+            kept = {int(r[0]) for r in await conn.all("SELECT update_id FROM inbox WHERE platform = 'telegram'")}
             acked = 0
             for x in s.sent:
                 if x.update_id <= acked_up_to or final:
@@ -326,37 +429,37 @@ class Drill:
                         s.counters["acked_in_inbox"] += 1
 
             # No job lost.
-            lost = conn.execute(
+            lost = await conn.all(
                 "SELECT s.id FROM sessions s WHERE s.state = 'closed' "
                 "AND NOT EXISTS (SELECT 1 FROM session_memories m WHERE m.session_id = s.id) "
                 "AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.kind = 'session_memory' "
                 "AND j.key = CAST(s.id AS TEXT) AND j.state IN ('pending', 'running'))"
-            ).fetchall()
+            )
             for (sid,) in lost:
                 self.violation(f"closed session {sid} has no session memory and no job to write it")
             for scope, marker, where in (("all", "compressed_all", ""), ("public", "compressed_public",
                                                                          " AND m.private = 0")):
-                rows = conn.execute(
+                rows = await conn.all(
                     f"SELECT DISTINCT m.user_id FROM session_memories m WHERE m.{marker} IS NULL{where} "
                     "AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.kind = 'compress' "
-                    "AND j.key = m.user_id || ':' || ? AND j.state IN ('pending', 'running'))",
+                    "AND j.key = CAST(m.user_id AS TEXT) || ':' || ? AND j.state IN ('pending', 'running'))",
                     (scope,),
-                ).fetchall()
+                )
                 for (uid,) in rows:
                     self.violation(f"user {uid} has uncompressed {scope} memories and no compression job")
-            doubled = conn.execute(
+            doubled = await conn.all(
                 "SELECT session_id, COUNT(*) FROM session_memories GROUP BY session_id HAVING COUNT(*) > 1"
-            ).fetchall()
+            )
             for sid, n in doubled:
                 self.violation(f"session {sid} has {n} session memories")
-            jobs = conn.execute("SELECT kind, key, COUNT(*) FROM jobs GROUP BY kind, key HAVING COUNT(*) > 1").fetchall()
+            jobs = await conn.all("SELECT kind, key, COUNT(*) FROM jobs GROUP BY kind, key HAVING COUNT(*) > 1")
             for kind, key, n in jobs:
                 self.violation(f"job {kind}:{key} exists {n} times")
 
             # Compressive versions only grow; each session memory goes into one version per scope, once.
             versions: dict[tuple[int, str, int], str] = {}
             sources: dict[tuple[int, str], list[int]] = {}
-            for uid, scope, version, profile, rel, events, src in conn.execute(
+            for uid, scope, version, profile, rel, events, src in await conn.all(
                 "SELECT user_id, scope, version, profile, relationship, events, source_sessions "
                 "FROM compressive_memories"
             ):
@@ -377,7 +480,7 @@ class Drill:
                 if len(vs) > 1:
                     self.violation(f"session {sid} was compressed {len(vs)} times into scope {scope}")
             compressed: dict[tuple[int, str], int] = {}
-            for sid, call, cpub in conn.execute(
+            for sid, call, cpub in await conn.all(
                 "SELECT session_id, compressed_all, compressed_public FROM session_memories"
             ):
                 for scope, value in (("all", call), ("public", cpub)):
@@ -393,21 +496,20 @@ class Drill:
             counts = {
                 "acked_checked": acked,
                 "stored": len(stored),
-                "closed_sessions": conn.execute("SELECT COUNT(*) FROM sessions WHERE state = 'closed'").fetchone()[0],
-                "session_memories": conn.execute("SELECT COUNT(*) FROM session_memories").fetchone()[0],
+                "closed_sessions": await conn.one("SELECT COUNT(*) FROM sessions WHERE state = 'closed'"),
+                "session_memories": await conn.one("SELECT COUNT(*) FROM session_memories"),
                 "versions": len(versions),
             }
             if final:
-                open_sessions = conn.execute("SELECT COUNT(*) FROM sessions WHERE state = 'open'").fetchone()[0]
-                waiting = conn.execute(
-                    "SELECT COUNT(*) FROM jobs WHERE state IN ('pending', 'running')").fetchone()[0]
-                missing = conn.execute(
+                open_sessions = await conn.one("SELECT COUNT(*) FROM sessions WHERE state = 'open'")
+                waiting = await conn.one("SELECT COUNT(*) FROM jobs WHERE state IN ('pending', 'running')")
+                missing = await conn.one(
                     "SELECT COUNT(*) FROM sessions s WHERE NOT EXISTS "
-                    "(SELECT 1 FROM session_memories m WHERE m.session_id = s.id)").fetchone()[0]
-                uncompressed = conn.execute(
+                    "(SELECT 1 FROM session_memories m WHERE m.session_id = s.id)")
+                uncompressed = await conn.one(
                     "SELECT COUNT(*) FROM session_memories WHERE compressed_all IS NULL "
-                    "OR (private = 0 AND compressed_public IS NULL)").fetchone()[0]
-                inbox = conn.execute("SELECT COUNT(*) FROM inbox").fetchone()[0]
+                    "OR (private = 0 AND compressed_public IS NULL)")
+                inbox = await conn.one("SELECT COUNT(*) FROM inbox")
                 for name, value in (("open sessions", open_sessions), ("waiting jobs", waiting),
                                     ("updates left in the inbox", inbox),
                                     ("sessions without a session memory", missing),
@@ -416,16 +518,27 @@ class Drill:
                         self.violation(f"after settling: {value} {name}")
             return counts
         finally:
-            conn.close()
+            await conn.close()
 
-    def settled(self, reader: Reader) -> bool:
+    async def settled(self, reader: Reader) -> bool:
         return (
             not self.server.pending_updates
-            and reader.one("SELECT COUNT(*) FROM sessions WHERE state = 'open'") == 0
-            and reader.one("SELECT COUNT(*) FROM jobs WHERE state IN ('pending', 'running')") == 0
-            and reader.one("SELECT COUNT(*) FROM sessions s WHERE NOT EXISTS "
+            and await reader.one("SELECT COUNT(*) FROM sessions WHERE state = 'open'") == 0
+            and await reader.one("SELECT COUNT(*) FROM jobs WHERE state IN ('pending', 'running')") == 0
+            and await reader.one("SELECT COUNT(*) FROM sessions s WHERE NOT EXISTS "
                            "(SELECT 1 FROM session_memories m WHERE m.session_id = s.id)") == 0
         )
+
+    async def database_version(self) -> str:
+        if self.backend == "sqlite":
+            return f"SQLite {sqlite3.sqlite_version}"
+        db = await Db.open(self.target, read_only=True)
+        assert db is not None
+        try:
+            rows = await db.all("SHOW server_version")
+            return f"PostgreSQL {rows[0][0]}"
+        finally:
+            await db.close()
 
     # -- the drill --------------------------------------------------------------------------------
 
@@ -435,7 +548,7 @@ class Drill:
     async def run(self) -> dict[str, Any]:
         started = time.monotonic()
         await self.server.start()
-        config = _config(self.work, self.server)
+        config = _config(self.work, self.server, self.target)
         bot = Bot(self.work, config)
         rounds: list[dict[str, Any]] = []
         try:
@@ -444,15 +557,17 @@ class Drill:
                 mark = len(self.server.calls)
                 await bot.start(f"round-{number:02d}")
                 await self.wait_polling(bot, mark)
-                reader = Reader(self.db)
+                reader = Reader(self.target)
                 t0 = time.monotonic()
-                hit = await self.trigger(mode, reader)
-                reader.close()
+                try:
+                    hit = await self.trigger(mode, reader)
+                finally:
+                    await reader.close()
                 await bot.kill()
                 alive = time.monotonic() - t0
                 confirmed = self.server.confirmed_update_id
                 before = len(self.state.violations)
-                counts = self.check(acked_up_to=confirmed)
+                counts = await self.check(acked_up_to=confirmed)
                 self.state.counters[f"mode:{mode}"] += 1
                 self.state.counters[f"hit:{mode}"] += int(hit)
                 rounds.append({"round": number, "mode": mode, "trigger_hit": hit, "alive_s": round(alive, 2),
@@ -465,15 +580,18 @@ class Drill:
             mark = len(self.server.calls)
             await bot.start("final")
             await self.wait_polling(bot, mark)
-            reader = Reader(self.db)
+            reader = Reader(self.target)
             deadline = time.monotonic() + self.args.settle_timeout
-            while time.monotonic() < deadline and not self.settled(reader):  # noqa: ASYNC110 - polls another process' database
-                await asyncio.sleep(0.2)
-            reader.close()
+            try:
+                while time.monotonic() < deadline and not await self.settled(reader):  # noqa: ASYNC110 - polls another process' database
+                    await asyncio.sleep(0.2)
+            finally:
+                await reader.close()
             code = await bot.stop()
             if code != 0:
                 self.violation(f"the bot exited with {code} on SIGTERM")
-            final = self.check(acked_up_to=self.server.confirmed_update_id, final=True)
+            final = await self.check(acked_up_to=self.server.confirmed_update_id, final=True)
+            version = await self.database_version()
         finally:
             await bot.kill()
             await self.server.stop()
@@ -490,6 +608,7 @@ class Drill:
         c = self.state.counters
         return {
             "ok": not self.state.violations,
+            "backend": self.backend,
             "rounds": self.args.rounds,
             "seed": self.args.seed,
             "users": self.args.users,
@@ -506,19 +625,45 @@ class Drill:
             "connections_checked": len(netaudit.destinations(self.work / "net.jsonl")),
             "wall_s": round(time.monotonic() - started, 1),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-                       f"SQLite {sqlite3.sqlite_version}",
+                       f"{version}",
             "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "per_round": rounds,
         }
 
 
 async def run_drill(args: argparse.Namespace) -> dict[str, Any]:
+    if args.postgres_url is None and args.backend == "postgresql":
+        return await _on_own_cluster(args)
     if args.keep:
         work = Path(args.keep)
         work.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 - once, before anything runs
-        return await Drill(args, work).run()
+        return await Drill(args, work, args.postgres_url).run()
     with tempfile.TemporaryDirectory(prefix="membot-crash-") as tmp:
-        return await Drill(args, Path(tmp)).run()
+        return await Drill(args, Path(tmp), args.postgres_url).run()
+
+
+async def _on_own_cluster(args: argparse.Namespace) -> dict[str, Any]:
+    """`--backend postgresql` without a URL: a throwaway cluster (tests/postgres_server.py) with one empty
+    database, stopped and deleted at the end whatever happens."""
+    import asyncpg
+
+    from tests.postgres_server import Cluster, binaries
+
+    bindir = binaries()
+    if bindir is None:
+        raise SystemExit("--backend postgresql: PostgreSQL's initdb and pg_ctl were not found; install "
+                         "PostgreSQL or give --postgres-url")
+    cluster = Cluster(bindir)
+    try:
+        await asyncio.to_thread(cluster.start)
+        conn = await asyncpg.connect(cluster.url("postgres"))
+        try:
+            await conn.execute("CREATE DATABASE crash_drill")
+        finally:
+            await conn.close()
+        return await run_drill(argparse.Namespace(**{**vars(args), "postgres_url": cluster.url("crash_drill")}))
+    finally:
+        await asyncio.to_thread(cluster.stop)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -528,8 +673,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--users", type=int, default=8, help="simulated people (default 8)")
     parser.add_argument("--settle-timeout", type=float, default=90.0)
     parser.add_argument("--keep", help="work in this folder and keep it (database, logs)")
+    parser.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite",
+                        help="sqlite (default: a file in the work folder) or postgresql (a throwaway cluster "
+                             "started and stopped here, unless --postgres-url names a database)")
+    parser.add_argument("--postgres-url", metavar="URL",
+                        help="run on this empty PostgreSQL database (postgresql://user@host:port/name; a "
+                             "password from PGPASSWORD) instead of SQLite; implies --backend postgresql")
     parser.add_argument("--verbose", action="store_true", help="one JSON line per round on stderr")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.postgres_url is not None:
+        if not is_postgres(args.postgres_url):
+            parser.error("--postgres-url: a postgresql://... URL")
+        args.backend = "postgresql"
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,12 +3,17 @@ makes "acknowledged to Telegram" mean "stored, or stored at the next start".
 
 The CI run kills the bot 4 times, once per targeted moment (storing a burst, generating replies, writing
 session memories, compressing); the documented full run is `python -m tests.reliability.crash_harness
---rounds 20` (figures in docs/reliability.md).
+--rounds 20` (figures in docs/reliability.md), `--backend postgresql` for PostgreSQL.
+
+Every test here runs on both backends (the `backends` marker, tests/conftest.py): the drill's bot on a SQLite
+file and on a new PostgreSQL database of the test cluster, the inbox tests on the `app` fixture's store.
 """
 
 from __future__ import annotations
 
 import json
+
+import pytest
 
 from bot.app import App
 from bot.config import TelegramSettings
@@ -17,13 +22,17 @@ from memory import inbox
 from tests.fakes.telegram_api import FakeTelegramServer
 from tests.reliability.crash_harness import MODES, parse_args, run_drill
 
+pytestmark = pytest.mark.backends
+
 CI_ROUNDS = 4
 
 
-async def test_crash_drill_short() -> None:
-    summary = await run_drill(parse_args(["--rounds", str(CI_ROUNDS), "--seed", "3", "--users", "6"]))
+async def test_crash_drill_short(backend: str, storage_target: str) -> None:
+    on = ["--postgres-url", storage_target] if backend == "postgresql" else []  # SQLite: a file of its own
+    summary = await run_drill(parse_args(["--rounds", str(CI_ROUNDS), "--seed", "3", "--users", "6", *on]))
     rounds = summary.pop("per_round")
     print("\ncrash drill:", json.dumps(summary))
+    assert summary["backend"] == backend
     assert summary["ok"], summary["first_violations"]
     assert summary["kills_by_mode"] == {mode: 1 for mode in MODES[:CI_ROUNDS]}
     assert summary["kills_at_target_moment"] == summary["kills_by_mode"], rounds  # each kill where aimed
@@ -52,7 +61,8 @@ async def test_an_update_kept_before_a_crash_is_handled_once_at_the_next_start(a
         finally:
             await adapter.stop()
     assert server.sent_texts(4242) == ["echo: I was fetched, then the bot died", "echo: next"]
-    rows = await app.store.fetchall("SELECT text, platform_message_id FROM messages WHERE author = 'user'")
+    rows = await app.store.fetchall(
+        "SELECT text, platform_message_id FROM messages WHERE author = 'user' ORDER BY id")
     assert [r[0] for r in rows] == ["I was fetched, then the bot died", "next"]  # stored once each
     assert rows[0][1] == str(message["message_id"])
     assert await app.store.scalar("SELECT COUNT(*) FROM inbox") == 0
