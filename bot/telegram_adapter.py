@@ -225,13 +225,20 @@ def inconsistency(update: Update) -> str | None:
 
 class RateLimiter(AIORateLimiter):
     """AIORateLimiter, but typing actions only count against the global limit, not a group's 20 a minute:
-    a long reply would otherwise spend the group's budget on "typing…" and delay the reply itself."""
+    a long reply would otherwise spend the group's budget on "typing…" and delay the reply itself.
+
+    AIORateLimiter picks its limits from the request's `chat_id` alone (`data` is only inspected; the request
+    itself goes out unchanged): none means no limit at all, a negative one a group's. So a typing action is
+    shown to it as going to a private chat."""
 
     async def process_request(self, callback: Any, args: Any, kwargs: dict[str, Any], endpoint: str,
                               data: dict[str, Any], rate_limit_args: int | None) -> Any:
         if endpoint == "sendChatAction":
-            data = {k: v for k, v in data.items() if k != "chat_id"}
+            data = {**data, "chat_id": _SOME_PRIVATE_CHAT}
         return await super().process_request(callback, args, kwargs, endpoint, data, rate_limit_args)
+
+
+_SOME_PRIVATE_CHAT = 1  # positive: a private chat's id, counted against the global limit only
 
 
 class _Target:

@@ -138,6 +138,9 @@ class JobRunner:
                     if progress is not None:
                         progress(len(ids), await self._due_count())
                 await self._release(seen)
+            except asyncio.CancelledError:  # the bot is stopping: the jobs go back for the next run, at once
+                await self._release(seen)
+                raise
             except Exception:
                 # E.g. the disk filled up mid-run: what this run claimed must not stay 'running' (only a restart
                 # would hand it back); it goes back to pending and waits `retry_backoff` before the next try.
@@ -180,11 +183,16 @@ def build_scheduler(
     different jobs with SKIP LOCKED), so more processes write more memories at once."""
     scheduler = AsyncIOScheduler(timezone="UTC")
 
+    # A run still going when the bot stops is cancelled with the event loop. That is no failure (the jobs it
+    # claimed go back to the queue, or their lease runs out), so it is not left to apscheduler, which would
+    # log it as an error with a traceback.
     async def sweep() -> None:
         try:
             async with runner.store.exclusive("sweep") as mine:
                 if mine:
                     await runner.sessions.sweep()
+        except asyncio.CancelledError:
+            log.debug("idle-session sweep stopped with the bot")
         except Exception:
             log.exception("idle-session sweep failed")
 
@@ -193,6 +201,8 @@ def build_scheduler(
             report = await runner.run_due()
             if report.eventful:
                 log.info("memory jobs: %s", report.summary())
+        except asyncio.CancelledError:
+            log.info("memory jobs stopped with the bot; the unfinished ones stay queued")
         except Exception:
             log.exception("memory jobs failed; they will be retried")
 

@@ -8,8 +8,11 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
+
+import aiohttp
 
 REPO = Path(__file__).resolve().parents[1]
 CLEARED = ("TELEGRAM_BOT_TOKEN", "DISCORD_BOT_TOKEN", "MEMBOT_CONFIG")
@@ -55,3 +58,20 @@ class MembotRun:
 
     def tail(self, chars: int = 3000) -> str:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
+
+async def post_update(http: aiohttp.ClientSession, ports: Sequence[int], update: dict[str, Any], secret: str,
+                      start: int = 0) -> None:
+    """Telegram's side of a webhook behind a load balancer: post `update` to the replicas' ports in turn,
+    from `start`, until one answers 200 (Telegram posts again while it gets no 200)."""
+    for attempt in range(400):
+        port = ports[(start + attempt) % len(ports)]
+        try:
+            async with http.post(f"http://127.0.0.1:{port}/hook", json=update,
+                                 headers={"X-Telegram-Bot-Api-Secret-Token": secret}) as resp:
+                if resp.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.05)
+    raise RuntimeError(f"update {update['update_id']} was never accepted")

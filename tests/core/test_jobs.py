@@ -72,6 +72,35 @@ async def test_job_killed_half_way_is_redone_once(settings, clock: ManualClock) 
         await app.close()
 
 
+async def test_a_job_run_cancelled_as_the_bot_stops_hands_its_jobs_back_without_an_error(
+    settings, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The scheduled run is cancelled with the event loop when `membot run` stops mid-batch: before, apscheduler
+    logged that as an ERROR with a traceback and the claimed jobs stayed 'running' until their lease ran out."""
+    from memory.jobs import build_scheduler
+
+    app = await App.create(settings, backend=FakeBackend(delay=0.3), clock=clock)
+    await app.start(schedule=False)
+    try:
+        await _sessions_for(app, ["alice", "bob"], clock)
+        await app.sessions.sweep()
+        scheduled = build_scheduler(app.jobs, sweep_interval=60, interval=60).get_job("memory-jobs")
+        assert scheduled is not None
+        run = asyncio.create_task(scheduled.func())
+        for _ in range(100):
+            if await app.store.scalar("SELECT COUNT(*) FROM jobs WHERE state = 'running'"):
+                break
+            await asyncio.sleep(0.01)
+        run.cancel()
+        await run  # ends quietly
+        assert await app.store.scalar("SELECT COUNT(*) FROM jobs WHERE state = 'running'") == 0
+        assert not [r for r in caplog.records if r.levelname == "ERROR"]
+        await app.jobs.run_until_idle()
+        assert await app.store.scalar("SELECT COUNT(*) FROM session_memories") == 2
+    finally:
+        await app.close()
+
+
 async def test_compressive_versions_strictly_increase(app: App, clock: ManualClock) -> None:
     for day in range(3):
         await app.dispatcher.handle(_msg(f"Day {day}: I visited museum number {day}."))

@@ -25,7 +25,7 @@ import aiohttp
 
 from memory.store import Store
 from tests.fakes.telegram_api import FakeTelegramServer
-from tests.membot_process import MembotRun
+from tests.membot_process import MembotRun, post_update
 
 TOKEN = "5151515151:AAH-multiprocess-SECRET"
 SECRET = "multiprocess-webhook-secret"
@@ -87,21 +87,6 @@ class Replica(MembotRun):
         return killed_at
 
 
-async def _deliver(http: aiohttp.ClientSession, replicas: list[Replica], update: dict, first: int) -> None:
-    """Telegram's side of a webhook: post until some replica answers 200."""
-    for attempt in range(400):
-        replica = replicas[(first + attempt) % len(replicas)]
-        try:
-            async with http.post(f"http://127.0.0.1:{replica.port}/hook", json=update,
-                                 headers={"X-Telegram-Bot-Api-Secret-Token": SECRET}) as resp:
-                if resp.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"update {update['update_id']} was never accepted")
-
-
 async def test_three_processes_one_killed_every_message_once(tmp_path: Path, postgres_url: str) -> None:
     async with Store.at(postgres_url):  # the schema, before three processes race to make it
         pass
@@ -129,8 +114,8 @@ async def test_three_processes_one_killed_every_message_once(tmp_path: Path, pos
                     text = f"person {person} says number {k} zq{person}x{k}"
                     message = server.send_private_text(700_000 + person, text, first_name=f"P{person}")
                     update_id += 1
-                    batch.append(_deliver(http, replicas, {"update_id": update_id, "message": message},
-                                          first=update_id))
+                    batch.append(post_update(http, [r.port for r in replicas],
+                                             {"update_id": update_id, "message": message}, SECRET, update_id))
                     texts.append(text)
                 await asyncio.gather(*batch)
                 await asyncio.sleep(0.3)

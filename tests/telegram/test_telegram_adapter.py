@@ -24,6 +24,7 @@ from bot.telegram_adapter import (
     MAX_TEXT,
     NOT_YOUR_BUTTON,
     SENT_PRIVATELY,
+    RateLimiter,
     TelegramAdapter,
     command_name,
     telegram_chunks,
@@ -528,3 +529,27 @@ def test_command_parsing_and_chunks() -> None:
     emoji = "🐝" * 3000  # 6,000 UTF-16 units in 3,000 characters
     chunks = telegram_chunks(emoji)
     assert "".join(chunks) == emoji and all(len(c.encode("utf-16-le")) // 2 <= MAX_TEXT for c in chunks)
+
+
+# -- rate limits ----------------------------------------------------------------------------------
+
+
+async def test_typing_counts_against_the_global_limit_but_not_the_groups() -> None:
+    """Before, typing actions were shown to the limiter without a chat, which AIORateLimiter takes as "no limit
+    at all": a busy bot's "typing…" went out unthrottled. Now they take the global budget, not a group's."""
+    limiter = RateLimiter(overall_max_rate=1, overall_time_period=60, group_max_rate=1, group_time_period=60)
+    await limiter.initialize()
+    sent: list[str] = []
+
+    async def send(*args: object, **kwargs: object) -> bool:
+        sent.append("typing")
+        return True
+
+    try:
+        assert limiter._base_limiter is not None and limiter._base_limiter.has_capacity()
+        await limiter.process_request(send, (), {}, "sendChatAction", {"chat_id": GROUP, "action": "typing"}, None)
+        assert sent == ["typing"]
+        assert not limiter._base_limiter.has_capacity()  # the global budget was spent
+        assert GROUP not in limiter._group_limiters  # the group's was not
+    finally:
+        await limiter.shutdown()
