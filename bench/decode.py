@@ -86,7 +86,8 @@ def run_generate(model: Any, ids: Any, mask: Any, new_tokens: int, pad_id: int) 
 
 
 def run_lean(model: Any, ids: Any, mask: Any, new_tokens: int, pad_id: int, stepper: Any = None) -> dict[str, Any]:
-    from models.decode import DecodeParams, decode
+    from models.base import GenParams
+    from models.decode import decode
 
     marks: list[float] = []
 
@@ -95,7 +96,7 @@ def run_lean(model: Any, ids: Any, mask: Any, new_tokens: int, pad_id: int, step
         return False
 
     start, cpu = time.perf_counter(), time.process_time()
-    rows = decode(model, ids, mask, DecodeParams(max_new_tokens=new_tokens), pad_token_id=pad_id,
+    rows = decode(model, ids, mask, GenParams(max_new_tokens=new_tokens),
                   should_stop=should_stop, stepper=stepper)
     total, cpu = time.perf_counter() - start, time.process_time() - cpu
     ttft = (marks[1] if len(marks) > 1 else time.perf_counter()) - start

@@ -221,20 +221,21 @@ def _marker() -> tuple[list[float], Callable[[], bool]]:
 
 def run_own(model: Any, ids: Any, mask: Any, new_tokens: int, pad_id: int,
             device: str) -> tuple[list[list[int]], float | None]:
-    from models.decode import DecodeParams, decode
+    from models.base import GenParams
+    from models.decode import decode
 
     marks, poll = _marker()
-    rows = decode(model, ids, mask, DecodeParams(max_new_tokens=new_tokens), pad_token_id=pad_id, should_stop=poll)
+    rows = decode(model, ids, mask, GenParams(max_new_tokens=new_tokens), should_stop=poll)
     return rows, (marks[1] if len(marks) > 1 else None)
 
 
 def run_continuous(model: Any, ids: Any, mask: Any, new_tokens: int, pad_id: int,
                    device: str) -> tuple[list[list[int]], float | None]:
+    from models.base import GenParams
     from models.continuous_decode import decode_continuous
-    from models.decode import DecodeParams
 
     marks, poll = _marker()
-    rows = decode_continuous(model, ids, mask, DecodeParams(max_new_tokens=new_tokens), max_rows=ids.shape[0],
+    rows = decode_continuous(model, ids, mask, GenParams(max_new_tokens=new_tokens), max_rows=ids.shape[0],
                              should_stop=poll)
     return rows, (marks[1] if len(marks) > 1 else None)
 
@@ -387,10 +388,10 @@ class IdsBackend:
     (a prompt's text is a key into a table of random ids): jobs go through decode_continuous with the
     worker's between-steps callback, replies through decode()."""
 
-    accepts_between_steps = True
-    continuous_batching = True
-
     def __init__(self, model: Any, table: dict[str, Any], pad_id: int, device: str) -> None:
+        from models.base import Capabilities
+
+        self.capabilities = Capabilities(between_steps=True, continuous_batching=True)
         self.name = "bench-ids"
         self.device = device
         self.model = model
@@ -400,19 +401,19 @@ class IdsBackend:
         self.poll_target: int | None = None
         self.reached = threading.Event()
 
-    def generate(self, prompts: Any, params: Any, between_steps: Callable[[], None] | None = None,
-                 max_rows: int | None = None) -> list[Any]:
+    def generate(self, prompts: Any, params: Any, *, on_text: Any = None,
+                 between_steps: Callable[[], None] | None = None, max_rows: int | None = None) -> list[Any]:
         import torch
 
-        from models.base import Generation
+        from models.base import Generation, GenParams
         from models.continuous_decode import decode_continuous
-        from models.decode import DecodeParams, decode
+        from models.decode import decode
 
         ids = torch.stack([self.table[p.text] for p in prompts])
         mask = torch.ones_like(ids)
-        decode_params = DecodeParams(max_new_tokens=params.max_new_tokens)
+        decode_params = GenParams(max_new_tokens=params.max_new_tokens)
         if between_steps is None:
-            rows = decode(self.model, ids, mask, decode_params, pad_token_id=self.pad_id)
+            rows = decode(self.model, ids, mask, decode_params)
         else:
             def poll() -> bool:
                 self.polls += 1

@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+    from models.base import GenParams
     from models.continuous_decode import decode_continuous
-    from models.decode import DecodeParams
 
     folder = embedded_folder()
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def ours(new_tokens: int = args.new_tokens, count: int = len(ids)) -> list[list[int]]:
         return decode_continuous(model, batch["input_ids"][:count], batch["attention_mask"][:count],
-                                 DecodeParams(max_new_tokens=new_tokens), max_rows=count)
+                                 GenParams(max_new_tokens=new_tokens), max_rows=count)
 
     times: dict[str, list[float]] = {"transformers_generate_batch": [], "own_continuous": []}
     rows: dict[str, list[list[int]]] = {}

@@ -21,7 +21,7 @@ from memory.context import ContextBuilder
 from memory.jobs import JobRunner, build_scheduler
 from memory.sessions import SessionManager
 from memory.store import Store
-from models.base import Backend
+from models.base import Engine
 from models.factory import build_backend
 from models.profiles import get_profile
 from models.worker import ModelWorker
@@ -45,8 +45,8 @@ class App:
         cls,
         settings: Settings,
         *,
-        backend: Backend | None = None,
-        memory_backend: Backend | None = None,
+        backend: Engine | None = None,
+        memory_backend: Engine | None = None,
         clock: Callable[[], float] = time.time,
     ) -> App:
         for model in (settings.model, settings.memory_model):

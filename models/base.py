@@ -1,4 +1,4 @@
-"""What every model backend offers: generate a batch of prompts, count tokens.
+"""What every model engine offers: generate a batch of prompts (streamed, or a job batch), count tokens.
 
 Backends are synchronous on purpose: the model worker calls them from its own inference thread, so a
 backend never needs to care about the event loop.
@@ -6,7 +6,8 @@ backend never needs to care about the event loop.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -39,6 +40,13 @@ class Prompt:
 
 @dataclass(frozen=True)
 class GenParams:
+    """Every setting of one generation, for every engine.
+
+    `min_new_tokens`: no end of text before this many tokens (GODEL's card: min_length=8).
+    `retry_empty`: when sampling, sample again up to this many times an output that came back empty
+    (DialoGPT's card).
+    """
+
     max_new_tokens: int = 128
     do_sample: bool = False
     temperature: float = 1.0
@@ -48,6 +56,8 @@ class GenParams:
     no_repeat_ngram_size: int = 0
     stop: tuple[str, ...] = field(default_factory=tuple)
     seed: int | None = None
+    min_new_tokens: int = 0
+    retry_empty: int = 0
 
 
 @dataclass(frozen=True)
@@ -56,17 +66,68 @@ class Generation:
     new_tokens: int
 
 
+def estimate_tokens(text: str) -> int:
+    """A tokenizer-free token count that errs high: ~4 characters per token for ASCII text, one token per
+    other character (a CJK character is one to two tokens in LLaMA-style vocabularies), never fewer than
+    the number of words. Used when a profile is not bound to the model's tokenizer (e.g. a model server)."""
+    if not text:
+        return 0
+    ascii_chars = sum(1 for ch in text if ord(ch) < 128)
+    return max(math.ceil(ascii_chars / 4) + (len(text) - ascii_chars), len(text.split()))
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    """What a profile may know about its model: a token counter, the EOS token's text and the context size.
+
+    `exact` says whether `count_tokens` is the model's own tokenizer or an estimate.
+    """
+
+    count_tokens: Callable[[str], int] = estimate_tokens
+    eos_token: str | None = None
+    max_positions: int | None = None
+    exact: bool = False
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an engine does with `generate`'s optional arguments; the model worker reads this, not attributes.
+
+    `streaming`: `on_text` receives the text as it grows (otherwise the worker hands over the final text).
+    `between_steps`: `between_steps` is called between decode steps, so replies are served inside a job batch.
+    `continuous_batching`: `max_rows` rows decode at once and a finished row's place goes to the next prompt,
+    so the worker may hand over several batches' worth of job prompts in one call.
+    """
+
+    streaming: bool = False
+    between_steps: bool = False
+    continuous_batching: bool = False
+
+
 class BackendError(Exception):
     """The model could not answer (server down, out of memory...); callers apologise or retry later."""
 
 
 @runtime_checkable
-class Backend(Protocol):
+class Engine(Protocol):
+    """One model behind one call: the embedded/transformers engine, a model server, or the test fake.
+
+    `generate` takes a batch of prompts and returns one Generation each. `on_text` (one prompt only) streams;
+    `between_steps` and `max_rows` serve job batches (see Capabilities). The model worker owns the queue,
+    the batching and the cancelling of requests not yet started.
+    """
+
     name: str
     device: str
+    capabilities: Capabilities
 
-    def generate(self, prompts: Sequence[Prompt], params: GenParams) -> list[Generation]: ...
+    def generate(
+        self, prompts: Sequence[Prompt], params: GenParams, *, on_text: Callable[[str], None] | None = None,
+        between_steps: Callable[[], None] | None = None, max_rows: int | None = None,
+    ) -> list[Generation]: ...
 
     def count_tokens(self, text: str) -> int: ...
+
+    def tokenizer_info(self) -> TokenizerInfo: ...
 
     def close(self) -> None: ...

@@ -15,13 +15,13 @@ up to float rounding).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
+from models.base import GenParams
 from models.decode import (
-    DecodeParams,
     TokenSelector,
     accepts_logits_to_keep,
     cache_arg,
@@ -153,8 +153,9 @@ def decode_continuous(
     model: Any,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
-    params: DecodeParams,
+    params: GenParams,
     *,
+    stop_token_ids: Sequence[int] = (),
     max_rows: int,
     prefill_rows: int | None = None,
     should_stop: Callable[[], bool] | None = None,
@@ -177,7 +178,7 @@ def decode_continuous(
                                                            strict=True)]
     extra: dict[str, Any] = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
     cache_name = cache_arg(model)
-    stop_ids = frozenset(int(t) for t in params.stop_token_ids)
+    stop_ids = frozenset(int(t) for t in stop_token_ids)
     waiting = deque(range(total))
     batch = _Batch()
     group_size = max(1, prefill_rows or max_rows)
@@ -213,7 +214,7 @@ def decode_continuous(
         logits = out.logits[:, -1].float()
         cache = output_cache(out)
         del out
-        selector = TokenSelector(params, g_ids, g_mask, logits.shape[-1])
+        selector = TokenSelector(params, g_ids, g_mask, logits.shape[-1], stop_token_ids)
         tokens, token_list = selector.next_tokens(logits)
         keep = record_step(token_list, group, results, stop_ids, params.max_new_tokens)
         if not keep:

@@ -24,34 +24,16 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
+from models.base import GenParams
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["DecodeParams", "decode"]
-
-
-@dataclass
-class DecodeParams:
-    """Decoding settings; the field names and defaults mirror HF's GenerationConfig.
-
-    ``temperature <= 0`` with ``do_sample=True`` is treated as greedy rather than
-    raising, because chat front-ends commonly use temperature 0 to mean "greedy".
-    """
-
-    max_new_tokens: int = 128
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    repetition_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
-    stop_token_ids: tuple[int, ...] = ()
-    seed: int | None = None
+__all__ = ["decode"]
 
 
 # --------------------------------------------------------------------------------------
@@ -63,12 +45,13 @@ def decode(
     model: Any,
     input_ids: torch.LongTensor,
     attention_mask: torch.LongTensor,
-    params: DecodeParams,
+    params: GenParams,
     *,
-    pad_token_id: int,
+    stop_token_ids: Sequence[int] = (),
     should_stop: Callable[[], bool] | None = None,
     stepper: Any = None,
     prefill_rows: int | None = None,
+    on_step: Callable[[list[list[int]]], None] | None = None,
 ) -> list[list[int]]:
     """Generate continuations for a LEFT-padded batch.
 
@@ -77,8 +60,8 @@ def decode(
     True the tokens generated so far are returned (cancellation, e.g. the user
     sent a new message).
 
-    ``pad_token_id`` is accepted for API symmetry with ``generate()``; the loop never feeds pad tokens
-    because finished rows leave the batch.
+    ``stop_token_ids`` end a row (not included). ``params.temperature <= 0`` with sampling is greedy, as chat
+    front-ends use temperature 0. ``on_step`` gets every row's tokens so far after each step (streaming).
 
     ``stepper`` (a :class:`models.fast_llama.FastLlamaStepper`) runs the decode steps after the prefill
     instead of the model's own forward (the int4 CPU path). ``prefill_rows`` prefills a big batch that many
@@ -91,8 +74,8 @@ def decode(
     if batch_size == 0 or params.max_new_tokens <= 0:
         return [[] for _ in range(batch_size)]
 
-    return _decode_dynamic(model, input_ids, attention_mask, params, should_stop=should_stop, stepper=stepper,
-                           prefill_rows=prefill_rows)
+    return _decode_dynamic(model, input_ids, attention_mask, params, tuple(stop_token_ids), should_stop=should_stop,
+                           stepper=stepper, prefill_rows=prefill_rows, on_step=on_step)
 
 
 # --------------------------------------------------------------------------------------
@@ -113,14 +96,21 @@ class TokenSelector:
 
     def __init__(
         self,
-        params: DecodeParams,
+        params: GenParams,
         prompt_ids: torch.Tensor,
         prompt_mask: torch.Tensor,
         vocab_size: int,
+        stop_token_ids: Sequence[int] = (),
     ) -> None:
         self.params = params
         self.vocab_size = vocab_size
         device = prompt_ids.device
+        # min_new_tokens: the stop tokens are banned while a row has fewer new tokens (HF's
+        # MinNewTokensLengthLogitsProcessor); `produced` counts each row's tokens so far.
+        self.unstoppable: torch.Tensor | None = None
+        if params.min_new_tokens > 0 and stop_token_ids:
+            self.unstoppable = torch.tensor(sorted(set(stop_token_ids)), dtype=torch.long, device=device)
+        self.produced = torch.zeros(prompt_ids.shape[0], dtype=torch.long, device=device)
         self.sampling = params.do_sample and params.temperature > 0
         self.generator: torch.Generator | None = None
         if self.sampling and params.seed is not None:
@@ -158,6 +148,11 @@ class TokenSelector:
             scores = torch.where(self.seen, penalised, scores)
         if self.ngram_size > 0:
             scores = self._ban_ngrams(scores)
+        if self.unstoppable is not None:
+            young = (self.produced < p.min_new_tokens).nonzero().squeeze(1)
+            if young.numel():
+                scores = scores.clone()
+                scores[young[:, None], self.unstoppable[None, :]] = -float("inf")
         if not self.sampling:
             return torch.argmax(scores, dim=-1)
 
@@ -201,7 +196,8 @@ class TokenSelector:
         return scores
 
     def observe(self, tokens: torch.Tensor, token_list: list[int]) -> None:
-        """Record the tokens just chosen (for penalties / n-gram bans)."""
+        """Record the tokens just chosen (for penalties / n-gram bans / the minimum length)."""
+        self.produced += 1
         if self.seen is not None:
             self.seen[torch.arange(tokens.shape[0], device=tokens.device), tokens] = True
         if self.ngram_size > 0:
@@ -213,6 +209,7 @@ class TokenSelector:
 
     def keep(self, rows: list[int], rows_t: torch.Tensor) -> None:
         """Drop state for rows that left the batch; ``rows`` are current positions."""
+        self.produced = self.produced.index_select(0, rows_t)
         if self.seen is not None:
             self.seen = self.seen.index_select(0, rows_t)
         if self.ngram_size > 0:
@@ -221,6 +218,7 @@ class TokenSelector:
 
     def extend(self, other: TokenSelector) -> None:
         """Rows joining the batch (continuous batching) bring their state; `other` has the same params."""
+        self.produced = torch.cat([self.produced, other.produced])
         if self.seen is not None and other.seen is not None:
             self.seen = torch.cat([self.seen, other.seen])
         if self.ngram_size > 0:
@@ -340,11 +338,13 @@ def _decode_dynamic(
     model: Any,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
-    params: DecodeParams,
+    params: GenParams,
+    stop_token_ids: tuple[int, ...],
     *,
     should_stop: Callable[[], bool] | None,
     stepper: Any = None,
     prefill_rows: int | None = None,
+    on_step: Callable[[list[list[int]]], None] | None = None,
 ) -> list[list[int]]:
     batch_size = input_ids.shape[0]
     results: list[list[int]] = [[] for _ in range(batch_size)]
@@ -362,7 +362,7 @@ def _decode_dynamic(
 
     extra: dict[str, Any] = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
     cache_name = cache_arg(model)
-    stop_ids = frozenset(int(t) for t in params.stop_token_ids)
+    stop_ids = frozenset(int(t) for t in stop_token_ids)
     live_rows = list(range(batch_size))
 
     with torch.inference_mode():
@@ -389,11 +389,13 @@ def _decode_dynamic(
         if stepper is not None:
             state = stepper.start(cache, attention_mask, params.max_new_tokens)
             cache = None
-        selector = TokenSelector(params, input_ids, attention_mask, logits.shape[-1])
+        selector = TokenSelector(params, input_ids, attention_mask, logits.shape[-1], stop_token_ids)
 
         while True:
             tokens, token_list = selector.next_tokens(logits)
             keep = record_step(token_list, live_rows, results, stop_ids, params.max_new_tokens)
+            if on_step is not None:
+                on_step(results)
             if not keep:
                 break
             if should_stop is not None and should_stop():

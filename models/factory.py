@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from models.base import Backend, BackendError
+from models.base import BackendError, Engine
 
 
-def build_backend(settings: Any) -> Backend:
+def build_backend(settings: Any) -> Engine:
     """`settings` is a bot.config.ModelSettings; typed loosely so models/ does not import bot/."""
     if settings.backend == "fake":
         from models.fake import FakeBackend
@@ -20,7 +20,7 @@ def build_backend(settings: Any) -> Backend:
 
         return load_embedded(
             cache_dir=settings.cache_dir, device=settings.device, dtype=settings.dtype, threads=settings.threads,
-            quantize=getattr(settings, "quantize", "none"),
+            quantize=settings.quantize,
         )
     if settings.backend == "transformers":
         from models.transformers_backend import TransformersBackend
@@ -29,12 +29,10 @@ def build_backend(settings: Any) -> Backend:
             raise BackendError("model.name is required with backend = \"transformers\"")
         return TransformersBackend.load(
             settings.name, gguf_file=settings.gguf_file, device=settings.device, dtype=settings.dtype,
-            threads=settings.threads, quantize=getattr(settings, "quantize", "none"),
+            threads=settings.threads, quantize=settings.quantize,
         )
     if settings.backend == "openai":
-        try:
-            from models.openai_backend import OpenAIBackend
-        except ImportError as exc:  # pragma: no cover - until the backend lands
-            raise BackendError("the openai backend is not available in this build") from exc
+        from models.openai_backend import OpenAIBackend
+
         return OpenAIBackend.from_settings(settings)
     raise BackendError(f"unknown backend {settings.backend!r}")

@@ -9,12 +9,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 
-from models.base import BackendError, Generation, GenParams, Prompt
+from models.base import BackendError, Capabilities, Generation, GenParams, Prompt, TokenizerInfo
 
 
 class FakeBackend:
     name = "fake"
     device = "cpu"
+    capabilities = Capabilities(streaming=True)
 
     def __init__(self, responder: Callable[[Prompt], str] | None = None, delay: float = 0.0) -> None:
         self.responder = responder or default_response
@@ -25,7 +26,11 @@ class FakeBackend:
         self.fail_always = False
         self._lock = threading.Lock()
 
-    def generate(self, prompts: Sequence[Prompt], params: GenParams) -> list[Generation]:
+    def generate(
+        self, prompts: Sequence[Prompt], params: GenParams, *, on_text: Callable[[str], None] | None = None,
+        between_steps: Callable[[], None] | None = None, max_rows: int | None = None,
+    ) -> list[Generation]:
+        """Streamed (`on_text`): word by word, `stream_delay` apart, so adapters' throttled edits can be tested."""
         with self._lock:
             self.calls.append((list(prompts), params))
             if self.fail_always or self.fail_next > 0:
@@ -37,20 +42,19 @@ class FakeBackend:
         for prompt in prompts:
             text = self.responder(prompt)
             out.append(Generation(text=text, new_tokens=self.count_tokens(text)))
+        if on_text is not None:
+            words = out[0].text.split(" ")
+            for i in range(1, len(words) + 1):
+                on_text(" ".join(words[:i]))
+                if self.stream_delay:
+                    threading.Event().wait(self.stream_delay)
         return out
-
-    def stream(self, prompt: Prompt, params: GenParams, on_text: Callable[[str], None]) -> Generation:
-        """Word by word, spread over `delay`, so adapters' throttled edits can be tested."""
-        result = self.generate([prompt], params)[0]
-        words = result.text.split(" ")
-        for i in range(1, len(words) + 1):
-            on_text(" ".join(words[:i]))
-            if self.stream_delay:
-                threading.Event().wait(self.stream_delay)
-        return result
 
     def count_tokens(self, text: str) -> int:
         return max(1, len(text) // 4) if text else 0
+
+    def tokenizer_info(self) -> TokenizerInfo:
+        return TokenizerInfo(count_tokens=self.count_tokens)
 
     def close(self) -> None:
         pass

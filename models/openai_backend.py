@@ -40,8 +40,15 @@ from typing import Any
 
 import httpx
 
-from models.base import BackendError, Generation, GenParams, Prompt
-from models.profiles.base import estimate_tokens
+from models.base import (
+    BackendError,
+    Capabilities,
+    Generation,
+    GenParams,
+    Prompt,
+    TokenizerInfo,
+    estimate_tokens,
+)
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +136,7 @@ class OpenAIBackend:
     @classmethod
     def from_settings(cls, settings: Any) -> OpenAIBackend:
         """`settings` is a bot.config.ModelSettings: base_url, name, api_key_env, timeout, concurrency."""
-        env = getattr(settings, "api_key_env", None)
+        env = settings.api_key_env
         api_key = os.environ.get(env) if env else None
         if env and not api_key:
             log.info("no API key in $%s; calling the model server without one", env)
@@ -141,14 +148,26 @@ class OpenAIBackend:
     def __repr__(self) -> str:  # never shows the key
         return f"OpenAIBackend(base_url={self.base_url!r}, model={self.model!r}, concurrency={self.concurrency})"
 
-    # -- Backend protocol -----------------------------------------------------------------------------
+    # -- Engine protocol ------------------------------------------------------------------------------
 
     def count_tokens(self, text: str) -> int:
         return estimate_tokens(text)
 
-    def generate(self, prompts: Sequence[Prompt], params: GenParams) -> list[Generation]:
+    def tokenizer_info(self) -> TokenizerInfo:
+        return TokenizerInfo()  # the server's tokenizer is not ours to call: estimates
+
+    capabilities = Capabilities(streaming=True)  # the server batches and schedules on its side
+
+    def generate(
+        self, prompts: Sequence[Prompt], params: GenParams, *, on_text: Callable[[str], None] | None = None,
+        between_steps: Callable[[], None] | None = None, max_rows: int | None = None,
+    ) -> list[Generation]:
         if not prompts:
             return []
+        if on_text is not None:
+            if len(prompts) != 1:
+                raise ValueError("streaming takes exactly one prompt")
+            return [self._stream(prompts[0], params, on_text)]
         self._check_open()
         model = self._model_name()
         if len(prompts) == 1:
@@ -161,7 +180,7 @@ class OpenAIBackend:
                 f.cancel()
             raise
 
-    def stream(self, prompt: Prompt, params: GenParams, on_text: Callable[[str], None]) -> Generation:
+    def _stream(self, prompt: Prompt, params: GenParams, on_text: Callable[[str], None]) -> Generation:
         """One prompt over server-sent events; `on_text` gets the growing text. Retried only before any text."""
         self._check_open()
         model = self._model_name()
@@ -232,9 +251,8 @@ class OpenAIBackend:
             body["temperature"] = 0.0
         if params.repetition_penalty != 1.0:
             body["repetition_penalty"] = params.repetition_penalty
-        min_new = int(getattr(params, "min_new_tokens", 0) or 0)
-        if min_new:
-            body["min_tokens"] = min_new
+        if params.min_new_tokens:
+            body["min_tokens"] = params.min_new_tokens
         if params.stop:
             body["stop"] = [s for s in params.stop if s][:4]
         if params.seed is not None:
@@ -378,7 +396,7 @@ class OpenAIBackend:
 
 
 def _retry_empty(params: GenParams) -> int:
-    return int(getattr(params, "retry_empty", 0) or 0) if params.do_sample else 0
+    return params.retry_empty if params.do_sample else 0
 
 
 def _cut_at_stops(text: str, stops: Sequence[str]) -> str:

@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from models.base import BackendError, Generation, GenParams, Prompt
+from models.base import BackendError, Capabilities, Generation, GenParams, Prompt, TokenizerInfo
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,6 @@ class TransformersBackend:
         self.tokenizer = tokenizer
         self.name = name
         self.device = device
-        self.lean_decode = lean_decode
         self.quantization: Any = None  # a models.quantize.QuantizeReport when load() quantized the model
         self.stepper: Any = None  # a models.fast_llama.FastLlamaStepper for int4 Llama models
         # A fast tokenizer keeps its padding and truncation settings on one shared Rust object, which each call
@@ -90,6 +89,14 @@ class TransformersBackend:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.max_positions = int(
             getattr(model.config, "max_position_embeddings", 0) or getattr(model.config, "n_positions", 0) or 2048
+        )
+        # Decoder-only models run the own loop (models/decode.py): replies, streamed replies and job batches
+        # alike, so options such as quantize = "int4" apply to all three. Seq2seq models (GODEL) run
+        # transformers' generate(): the own loop has no encoder. lean_decode=False (benchmarks) does too.
+        self.own_loop = lean_decode and not self.is_seq2seq
+        self.capabilities = Capabilities(
+            streaming=True, between_steps=self.own_loop,
+            continuous_batching=self.own_loop and _plain_dynamic_cache(model),
         )
 
     @classmethod
@@ -149,6 +156,10 @@ class TransformersBackend:
         with self._tokenizer_lock:
             return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    def tokenizer_info(self) -> TokenizerInfo:
+        return TokenizerInfo(count_tokens=self.count_tokens, eos_token=self.tokenizer.eos_token,
+                             max_positions=self.max_positions, exact=True)
+
     def render(self, prompt: Prompt) -> str:
         """The exact text the model sees; chat messages go through the model's own chat template."""
         if prompt.text is not None:
@@ -182,33 +193,33 @@ class TransformersBackend:
             ids.add(self.tokenizer.eos_token_id)
         return tuple(sorted(ids))
 
-    # The model worker may hand generate() a callback to run between decode steps, and a cap on the rows
-    # decoding at once for a long job batch (continuous batching, models/continuous_decode.py).
-    accepts_between_steps = True
-    continuous_batching = True
-
     def generate(
-        self, prompts: Sequence[Prompt], params: GenParams, between_steps: Callable[[], None] | None = None,
-        max_rows: int | None = None,
+        self, prompts: Sequence[Prompt], params: GenParams, *, on_text: Callable[[str], None] | None = None,
+        between_steps: Callable[[], None] | None = None, max_rows: int | None = None,
     ) -> list[Generation]:
-        """`between_steps`, when given, is called between the prefill's row chunks and between decode steps
-        (the lean loop only): the worker serves waiting replies there while a job batch is in progress.
-        `max_rows` caps the rows decoding at once; the other prompts take the places of finished rows."""
+        """`on_text` (one prompt) gets the text as it grows. `between_steps`, when given, is called between the
+        prefill's row chunks and between decode steps: the worker serves waiting replies there while a job
+        batch is in progress. `max_rows` caps the rows decoding at once; the other prompts take the places of
+        finished rows."""
         import torch
 
         if not prompts:
             return []
+        if on_text is not None and len(prompts) != 1:
+            raise ValueError("streaming takes exactly one prompt")
         try:
             batch = self.encode(prompts)
-            # The lean loop has no minimum length; a profile that needs one (GODEL) goes through generate().
-            if self.lean_decode and not self.is_seq2seq and not _min_new_tokens(params):
-                rows = self._lean(batch, params, between_steps, max_rows)
+            if self.own_loop:
+                rows = self._lean(batch, params, between_steps, max_rows, on_text)
             else:
-                rows = self._generate(batch, params)
+                rows = self._generate(batch, params, on_text)
         except torch.OutOfMemoryError as exc:
             raise BackendError("the model ran out of memory") from exc
         results = [self._finish(row, params) for row in rows]
-        return self._retry_empty(prompts, params, results)
+        results = self._retry_empty(prompts, params, results)
+        if on_text is not None and results[0].text.strip():
+            on_text(results[0].text)  # the final text, cut at the stop strings (or a retried sample)
+        return results
 
     def _finish(self, row: list[int], params: GenParams) -> Generation:
         text = self.tokenizer.decode(row, skip_special_tokens=True)
@@ -219,7 +230,7 @@ class TransformersBackend:
 
     def _retry_empty(self, prompts: Sequence[Prompt], params: GenParams, results: list[Generation]) -> list[Generation]:
         """Sample again the rows that came back empty, when the profile asks for it (DialoGPT)."""
-        retries = int(getattr(params, "retry_empty", 0) or 0)
+        retries = params.retry_empty
         if not retries or not params.do_sample:
             return results
         results = list(results)
@@ -233,65 +244,56 @@ class TransformersBackend:
                 results[i] = generation
         return results
 
-    def stream(self, prompt: Prompt, params: GenParams, on_text: Callable[[str], None]) -> Generation:
-        """One prompt, its text handed to `on_text` as it grows (transformers' streamer hook)."""
-        from transformers import TextStreamer
-
-        tokenizer = self.tokenizer
-        pieces: list[str] = []
-
-        class _Streamer(TextStreamer):
-            def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-                if text:
-                    pieces.append(text)
-                    on_text("".join(pieces))
-
-        batch = self.encode([prompt])
-        rows = self._generate(batch, params, streamer=_Streamer(tokenizer, skip_prompt=not self.is_seq2seq,
-                                                                 skip_special_tokens=True))
-        result = self._finish(rows[0], params)
-        if not result.text.strip():
-            result = self._retry_empty([prompt], params, [result])[0]
-            if result.text.strip():
-                on_text(result.text)
-        return result
-
     def _lean(self, batch: Any, params: GenParams, between_steps: Callable[[], None] | None = None,
-              max_rows: int | None = None) -> list[list[int]]:
+              max_rows: int | None = None, on_text: Callable[[str], None] | None = None) -> list[list[int]]:
         from models.continuous_decode import decode_continuous
-        from models.decode import DecodeParams, decode
+        from models.decode import decode
 
         def poll() -> bool:
             if between_steps is not None:
                 between_steps()
             return False
 
-        decode_params = DecodeParams(
-            max_new_tokens=params.max_new_tokens, do_sample=params.do_sample,
-            temperature=params.temperature, top_k=params.top_k, top_p=params.top_p,
-            repetition_penalty=params.repetition_penalty,
-            no_repeat_ngram_size=params.no_repeat_ngram_size,
-            stop_token_ids=self.stop_token_ids(), seed=params.seed,
-        )
+        def stream(rows: list[list[int]]) -> None:
+            assert on_text is not None
+            text = self.tokenizer.decode(rows[0], skip_special_tokens=True)
+            if text.strip() and not text.endswith("\ufffd"):  # not half of a character made of several tokens
+                on_text(text)
+
+        stops = self.stop_token_ids()
         ids, mask = batch["input_ids"], batch["attention_mask"]
         should_stop = poll if between_steps is not None else None
         prefill_rows = PREFILL_ROWS if between_steps is not None else None
-        if max_rows and self.stepper is None and _plain_dynamic_cache(self.model):
-            return decode_continuous(self.model, ids, mask, decode_params, max_rows=max_rows,
+        if max_rows and self.stepper is None and self.capabilities.continuous_batching:
+            return decode_continuous(self.model, ids, mask, params, stop_token_ids=stops, max_rows=max_rows,
                                      prefill_rows=prefill_rows, should_stop=should_stop)
         step = max_rows or ids.shape[0]
         rows: list[list[int]] = []
         for start in range(0, ids.shape[0], step):  # the int4 steps keep a fixed set of rows: chunks in turn
             rows.extend(decode(
-                self.model, ids[start:start + step], mask[start:start + step], decode_params,
-                pad_token_id=self.tokenizer.pad_token_id, stepper=self.stepper, should_stop=should_stop,
-                prefill_rows=prefill_rows,
+                self.model, ids[start:start + step], mask[start:start + step], params, stop_token_ids=stops,
+                stepper=self.stepper, should_stop=should_stop, prefill_rows=prefill_rows,
+                on_step=stream if on_text is not None else None,
             ))
         return rows
 
-    def _generate(self, batch: Any, params: GenParams, streamer: Any = None) -> list[list[int]]:
+    def _generate(self, batch: Any, params: GenParams, on_text: Callable[[str], None] | None = None
+                  ) -> list[list[int]]:
+        """transformers' generate(): seq2seq models, and the `lean_decode=False` baseline of the benchmarks."""
         import torch
+        from transformers import TextStreamer
 
+        streamer = None
+        if on_text is not None:
+            pieces: list[str] = []
+
+            class _Streamer(TextStreamer):
+                def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+                    if text:
+                        pieces.append(text)
+                        on_text("".join(pieces))
+
+            streamer = _Streamer(self.tokenizer, skip_prompt=not self.is_seq2seq, skip_special_tokens=True)
         kwargs: dict[str, Any] = {
             "streamer": streamer,
             "max_new_tokens": params.max_new_tokens,
@@ -307,8 +309,8 @@ class TransformersBackend:
             kwargs["repetition_penalty"] = params.repetition_penalty
         if params.no_repeat_ngram_size:
             kwargs["no_repeat_ngram_size"] = params.no_repeat_ngram_size
-        if _min_new_tokens(params):
-            kwargs["min_new_tokens"] = _min_new_tokens(params)
+        if params.min_new_tokens:
+            kwargs["min_new_tokens"] = params.min_new_tokens
         with torch.inference_mode():
             out = self.model.generate(**batch, **kwargs)
         # seq2seq output starts with the decoder start token; causal output repeats the prompt.
@@ -348,8 +350,3 @@ def _plain_dynamic_cache(model: Any) -> bool:
     config = getattr(model, "config", None)
     return config is not None and not getattr(config, "sliding_window", None) and not getattr(
         config, "is_encoder_decoder", False)
-
-
-def _min_new_tokens(params: GenParams) -> int:
-    """`ProfileParams.min_new_tokens` (GODEL's min_length); 0 for plain GenParams."""
-    return int(getattr(params, "min_new_tokens", 0) or 0)

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from models.base import Backend, BackendError, Generation, GenParams, Prompt
+from models.base import BackendError, Engine, Generation, GenParams, Prompt
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class WorkerStats:
 class ModelWorker:
     """Owns the backend; `await worker.generate(prompts, params, priority)` from anywhere on the loop."""
 
-    def __init__(self, backend: Backend, *, max_batch: int = 16, batch_wait_ms: float = 5.0) -> None:
+    def __init__(self, backend: Engine, *, max_batch: int = 16, batch_wait_ms: float = 5.0) -> None:
         self.backend = backend
         self.max_batch = max_batch
         self.batch_wait = batch_wait_ms / 1000.0
@@ -156,7 +156,7 @@ class ModelWorker:
                 return batch
             deadline = time.monotonic() + (0.0 if replies_only else self.batch_wait)
             limit = self.max_batch
-            if first.priority >= Priority.JOB and getattr(self.backend, "continuous_batching", False):
+            if first.priority >= Priority.JOB and self.backend.capabilities.continuous_batching:
                 limit *= JOB_PROMPTS_PER_BATCH
             while len(batch) < limit:
                 match = next(
@@ -196,19 +196,30 @@ class ModelWorker:
             if batch:
                 self._execute(batch)
 
+    def _generate(self, batch: list[_Request]) -> list[Generation]:
+        """One engine call for the batch, with what the engine can do: a streamed reply streams (or gets its
+        text at the end), a job batch serves waiting replies between its steps and keeps `max_batch` rows
+        decoding."""
+        caps, first = self.backend.capabilities, batch[0]
+        prompts = [r.prompt for r in batch]
+        if first.on_text is not None:
+            if caps.streaming:
+                return self.backend.generate(prompts, first.params, on_text=first.on_text)
+            results = self.backend.generate(prompts, first.params)
+            first.on_text(results[0].text)
+            return results
+        if first.priority >= Priority.JOB:
+            return self.backend.generate(
+                prompts, first.params,
+                between_steps=self._serve_waiting_replies if caps.between_steps else None,
+                max_rows=self.max_batch if caps.continuous_batching else None,
+            )
+        return self.backend.generate(prompts, first.params)
+
     def _execute(self, batch: list[_Request]) -> None:
         started, nested = time.perf_counter(), self._nested_seconds
         try:
-            stream = getattr(self.backend, "stream", None)
-            if batch[0].on_text is not None and stream is not None:
-                results = [stream(batch[0].prompt, batch[0].params, batch[0].on_text)]
-            elif batch[0].priority >= Priority.JOB and getattr(self.backend, "accepts_between_steps", False):
-                extra = {"max_rows": self.max_batch} if getattr(self.backend, "continuous_batching", False) else {}
-                results = self.backend.generate(  # type: ignore[call-arg]
-                    [r.prompt for r in batch], batch[0].params, between_steps=self._serve_waiting_replies, **extra
-                )
-            else:
-                results = self.backend.generate([r.prompt for r in batch], batch[0].params)
+            results = self._generate(batch)
         except BaseException as exc:  # the thread must survive anything a backend raises
             log.warning("generation failed for a batch of %d: %s", len(batch), exc)
             error = exc if isinstance(exc, BackendError) else BackendError(f"generation failed: {exc}")

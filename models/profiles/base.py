@@ -6,14 +6,13 @@ store, so the same profile serves the bot, the jobs and the benchmark.
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Protocol
 
-from models.base import GenParams, Prompt
+from models.base import Engine, GenParams, Prompt, TokenizerInfo
 
 
 class Task(StrEnum):
@@ -105,6 +104,9 @@ class Profile(Protocol):
 
     def clean_reply(self, raw: str) -> str: ...
 
+    def bind(self, info: TokenizerInfo) -> None:
+        """The engine's tokenizer facts, for profiles that fit prompts to the model's own token counts."""
+
 
 MEMORY_TASKS = frozenset({Task.SESSION_MEMORY, Task.COMPRESS})
 
@@ -114,59 +116,10 @@ def can_write_memories(profile: Profile) -> bool:
     return MEMORY_TASKS <= frozenset(profile.tasks)
 
 
-def estimate_tokens(text: str) -> int:
-    """A tokenizer-free token count that errs high: ~4 characters per token for ASCII text, one token per
-    other character (a CJK character is one to two tokens in LLaMA-style vocabularies), never fewer than
-    the number of words. Used when a profile is not bound to the model's tokenizer (e.g. a model server)."""
-    if not text:
-        return 0
-    ascii_chars = sum(1 for ch in text if ord(ch) < 128)
-    return max(math.ceil(ascii_chars / 4) + (len(text) - ascii_chars), len(text.split()))
-
-
-@dataclass(frozen=True)
-class TokenizerInfo:
-    """What a profile may know about its model: a token counter, the EOS token's text and the context size.
-
-    `exact` says whether `count_tokens` is the model's own tokenizer or an estimate.
-    """
-
-    count_tokens: Callable[[str], int] = estimate_tokens
-    eos_token: str | None = None
-    max_positions: int | None = None
-    exact: bool = False
-
-    @classmethod
-    def from_backend(cls, backend: Any) -> TokenizerInfo:
-        tokenizer = getattr(backend, "tokenizer", None)
-        count = getattr(backend, "count_tokens", None)
-        return cls(
-            count_tokens=count if callable(count) else estimate_tokens,
-            eos_token=getattr(tokenizer, "eos_token", None) if tokenizer is not None else None,
-            max_positions=getattr(backend, "max_positions", None),
-            exact=tokenizer is not None,
-        )
-
-
-def bind_profile(profile: Profile, backend: Any) -> Profile:
-    """Give a profile that wants it (a `bind(info)` method) the backend's tokenizer facts; others are untouched."""
-    bind = getattr(profile, "bind", None)
-    if callable(bind) and backend is not None:
-        bind(TokenizerInfo.from_backend(backend))
+def bind_profile(profile: Profile, engine: Engine) -> Profile:
+    """Give the profile the engine's tokenizer facts (a profile that counts nothing ignores them)."""
+    profile.bind(engine.tokenizer_info())
     return profile
-
-
-@dataclass(frozen=True)
-class ProfileParams(GenParams):
-    """Generation settings some seed formats need beyond GenParams.
-
-    `min_new_tokens`: no end-of-sequence before this many tokens (GODEL's card: min_length=8).
-    `retry_empty`: sample again, up to this many times, a row whose text comes back empty (DialoGPT).
-    Backends that know these fields honour them (read with getattr); the others ignore them.
-    """
-
-    min_new_tokens: int = 0
-    retry_empty: int = 0
 
 
 def first_line(text: str) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from models.base import GenParams, Prompt
+from models.base import GenParams, Prompt, TokenizerInfo
 from models.profiles.base import (
     CompressionInput,
     CompressionOutput,
@@ -48,6 +48,9 @@ class ChatProfile:
 
     name = "chat"
     tasks = frozenset({Task.REPLY, Task.SESSION_MEMORY, Task.COMPRESS})
+
+    def bind(self, info: TokenizerInfo) -> None:
+        """Nothing to fit: the context builder sizes chat prompts, and the chat template is the engine's."""
 
     def session_memory_prompt(self, item: SessionInput) -> Prompt:
         transcript = "\n".join(f"{speaker}: {text}" for speaker, text in item.turns)

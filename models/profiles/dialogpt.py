@@ -11,7 +11,7 @@ are not shown to DialoGPT (the jobs still write them with the `[memory_model]`, 
 switch of model). `memory.strategy = "recent"` gives it the last turns of earlier sessions as well.
 
 Decoding: greedy DialoGPT repeats itself, so replies are sampled (top_k 50, top_p 0.9, temperature 0.7,
-no_repeat_ngram_size 3), and an empty reply is sampled again (`ProfileParams.retry_empty`, honoured by the
+no_repeat_ngram_size 3), and an empty reply is sampled again (`GenParams.retry_empty`, honoured by the
 backends) before `clean_reply` gives up with "".
 
 Padding: DialoGPT has absolute positions, hence the advice to pad on the right. The transformers backend pads
@@ -28,7 +28,6 @@ from models.base import GenParams, Prompt
 from models.profiles.base import (
     CompressionInput,
     CompressionOutput,
-    ProfileParams,
     ReplyInput,
     SessionInput,
     Task,
@@ -84,7 +83,7 @@ class DialoGPTProfile:
         self, max_new_tokens: int, temperature: float, top_p: float, repetition_penalty: float
     ) -> GenParams:
         """Sampling that avoids DialoGPT's known repetition; the config gives the length only."""
-        return ProfileParams(
+        return GenParams(
             max_new_tokens=max_new_tokens, do_sample=True, top_k=TOP_K, top_p=TOP_P, temperature=TEMPERATURE,
             no_repeat_ngram_size=NO_REPEAT_NGRAM, retry_empty=RETRY_EMPTY,
         )

@@ -26,7 +26,6 @@ from models.base import GenParams, Prompt
 from models.profiles.base import (
     CompressionInput,
     CompressionOutput,
-    ProfileParams,
     ReplyInput,
     SessionInput,
     Task,
@@ -139,7 +138,7 @@ class GodelProfile:
         self, max_new_tokens: int, temperature: float, top_p: float, repetition_penalty: float
     ) -> GenParams:
         """The card's generation settings; the config may only shorten the reply."""
-        return ProfileParams(
+        return GenParams(
             max_new_tokens=min(max_new_tokens, MAX_NEW_TOKENS), do_sample=True, top_p=TOP_P, top_k=TOP_K,
             min_new_tokens=min(MIN_NEW_TOKENS, max_new_tokens),
         )

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from models.base import BackendError, Generation, GenParams, Prompt
+from models.base import BackendError, Capabilities, Engine, Generation, GenParams, Prompt, TokenizerInfo
 from models.worker import ModelWorker, Priority
 
 
@@ -17,13 +17,15 @@ class GatedBackend:
 
     name = "gated"
     device = "cpu"
+    capabilities = Capabilities()
 
     def __init__(self) -> None:
         self.gate = threading.Event()
         self.entered = threading.Event()
         self.batches: list[list[str]] = []
 
-    def generate(self, prompts: Sequence[Prompt], params: GenParams) -> list[Generation]:
+    def generate(self, prompts: Sequence[Prompt], params: GenParams, *, on_text: object = None,
+                 between_steps: object = None, max_rows: int | None = None) -> list[Generation]:
         if not self.batches:
             self.entered.set()
             self.gate.wait(5)
@@ -34,6 +36,9 @@ class GatedBackend:
 
     def count_tokens(self, text: str) -> int:
         return len(text)
+
+    def tokenizer_info(self) -> TokenizerInfo:
+        return TokenizerInfo(count_tokens=self.count_tokens)
 
     def close(self) -> None:
         pass
@@ -122,14 +127,14 @@ async def test_a_job_batch_yields_to_a_reply_between_decode_steps(tmp_path) -> N
 class ContinuousBackend(GatedBackend):
     """Says it batches continuously: the worker then hands it more job prompts than `max_batch` at once."""
 
-    accepts_between_steps = True
-    continuous_batching = True
+    capabilities = Capabilities(between_steps=True, continuous_batching=True)
 
     def __init__(self) -> None:
         super().__init__()
         self.max_rows: list[int | None] = []
 
-    def generate(self, prompts: Sequence[Prompt], params: GenParams, between_steps: object = None,
+    def generate(self, prompts: Sequence[Prompt], params: GenParams, *, on_text: object = None,
+                 between_steps: object = None,
                  max_rows: int | None = None) -> list[Generation]:
         self.max_rows.append(max_rows)
         return super().generate(prompts, params)
@@ -151,4 +156,22 @@ async def test_job_prompts_beyond_max_batch_go_to_a_continuous_backend_together(
     sizes = [len(b) for b in backend.batches]
     assert sizes == [1, 4, 2, 16, 4]  # replies in batches of max_batch; jobs 4 x max_batch, 4 rows at a time
     assert backend.max_rows == [4, None, None, 4, 4]
+    await worker.close()
+
+
+def test_every_engine_says_what_it_can_do() -> None:
+    """The worker reads `capabilities`, never probes attributes: every engine, stand-ins included, has them."""
+    from models.fake import FakeBackend
+
+    for engine in (GatedBackend(), ContinuousBackend(), FakeBackend()):
+        assert isinstance(engine, Engine) and isinstance(engine.capabilities, Capabilities)
+
+
+async def test_a_streamed_reply_on_an_engine_that_cannot_stream_gets_its_text_once_done() -> None:
+    backend = GatedBackend()
+    backend.gate.set()
+    worker = ModelWorker(backend, batch_wait_ms=1)
+    seen: list[str] = []
+    out = await worker.generate([Prompt(text="hi there")], GenParams(), on_text=seen.append)
+    assert seen == ["HI THERE"] and out[0].text == "HI THERE"
     await worker.close()

@@ -10,8 +10,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from models.base import GenParams
 from models.continuous_decode import decode_continuous
-from models.decode import DecodeParams, output_cache
+from models.decode import output_cache
 from tests.tiny_models import build_tiny_llama, early_stop_token
 
 PROMPTS = [
@@ -49,9 +50,10 @@ def _alone(model: Any, tokenizer: Any, prompt: str, stop: tuple[int, ...] = (), 
 def _continuous(model: Any, tokenizer: Any, max_rows: int, prefill_rows: int | None = None,
                 should_stop: Any = None, **params: Any) -> list[list[int]]:
     enc = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    stops = params.pop("stop_token_ids", ())
     return decode_continuous(model, enc.input_ids, enc.attention_mask,
-                             DecodeParams(max_new_tokens=NEW_TOKENS, **params), max_rows=max_rows,
-                             prefill_rows=prefill_rows, should_stop=should_stop)
+                             GenParams(max_new_tokens=NEW_TOKENS, **params), stop_token_ids=stops,
+                             max_rows=max_rows, prefill_rows=prefill_rows, should_stop=should_stop)
 
 
 @pytest.mark.parametrize(("max_rows", "prefill_rows"), [(2, None), (3, 1), (16, 2)])
@@ -114,9 +116,9 @@ def test_should_stop_ends_early_with_what_was_made(tiny: tuple[Any, Any]) -> Non
 def test_empty_and_zero_tokens(tiny: tuple[Any, Any]) -> None:
     model, _ = tiny
     empty = torch.zeros((0, 3), dtype=torch.long)
-    assert decode_continuous(model, empty, empty, DecodeParams(), max_rows=2) == []
+    assert decode_continuous(model, empty, empty, GenParams(), max_rows=2) == []
     ids = torch.ones((2, 3), dtype=torch.long)
-    assert decode_continuous(model, ids, ids, DecodeParams(max_new_tokens=0), max_rows=2) == [[], []]
+    assert decode_continuous(model, ids, ids, GenParams(max_new_tokens=0), max_rows=2) == [[], []]
 
 
 
@@ -141,7 +143,7 @@ def test_a_shared_beginning_is_prefilled_once(tiny: tuple[Any, Any]) -> None:
     enc = tokenizer(prompts, return_tensors="pt", padding=True)
     model.forward = spy  # type: ignore[method-assign]
     try:
-        got = decode_continuous(model, enc.input_ids, enc.attention_mask, DecodeParams(max_new_tokens=NEW_TOKENS),
+        got = decode_continuous(model, enc.input_ids, enc.attention_mask, GenParams(max_new_tokens=NEW_TOKENS),
                                 max_rows=3, prefill_rows=2)
     finally:
         del model.forward

@@ -20,7 +20,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from models.decode import DecodeParams, decode
+from models.base import GenParams
+from models.decode import decode
 from tests.tiny_models import build_tiny_gpt2, build_tiny_llama, early_stop_token
 
 PROMPTS = [
@@ -92,13 +93,8 @@ def _generate(
 
 def _decode(bundle: Bundle, **params: Any) -> list[list[int]]:
     params.setdefault("max_new_tokens", NEW_TOKENS)
-    return decode(
-        bundle.model,
-        bundle.input_ids,
-        bundle.attention_mask,
-        DecodeParams(**params),
-        pad_token_id=bundle.pad_id,
-    )
+    stops = params.pop("stop_token_ids", ())
+    return decode(bundle.model, bundle.input_ids, bundle.attention_mask, GenParams(**params), stop_token_ids=stops)
 
 
 # ---------------------------------------------------------------- greedy identity
@@ -121,6 +117,17 @@ def test_greedy_matches_generate_with_early_stop(tiny: Bundle) -> None:
     assert all(stop not in row for row in got)
 
 
+def test_min_new_tokens_matches_generate(tiny: Bundle) -> None:
+    """The minimum length (GODEL's min_length, any profile's min_new_tokens) holds the stop tokens back in the
+    own loop as generate() does, so no decoder-only model needs generate() for it."""
+    stop = early_stop_token(_generate(tiny))
+    early = min(len(row) for row in _generate(tiny, stop_ids=(stop,)))
+    floor = early + 3
+    expected = _generate(tiny, stop_ids=(stop,), min_new_tokens=floor)
+    assert min(len(row) for row in expected) >= floor > early
+    assert _decode(tiny, stop_token_ids=(stop,), min_new_tokens=floor) == expected
+
+
 def test_left_padding_does_not_change_a_row(tiny: Bundle) -> None:
     """Batched, left-padded rows decode like the same prompt alone (checks position_ids)."""
     batched = _decode(tiny)
@@ -130,8 +137,7 @@ def test_left_padding_does_not_change_a_row(tiny: Bundle) -> None:
             tiny.model,
             enc.input_ids,
             enc.attention_mask,
-            DecodeParams(max_new_tokens=NEW_TOKENS),
-            pad_token_id=tiny.pad_id,
+            GenParams(max_new_tokens=NEW_TOKENS),
         )
         assert alone[0] == batched[i]
 
@@ -190,8 +196,7 @@ def test_should_stop_cancels(tiny: Bundle) -> None:
         tiny.model,
         tiny.input_ids,
         tiny.attention_mask,
-        DecodeParams(max_new_tokens=NEW_TOKENS),
-        pad_token_id=tiny.pad_id,
+        GenParams(max_new_tokens=NEW_TOKENS),
         should_stop=should_stop,
     )
     assert [len(row) for row in got] == [4, 4, 4]
@@ -200,8 +205,7 @@ def test_should_stop_cancels(tiny: Bundle) -> None:
         tiny.model,
         tiny.input_ids,
         tiny.attention_mask,
-        DecodeParams(max_new_tokens=NEW_TOKENS),
-        pad_token_id=tiny.pad_id,
+        GenParams(max_new_tokens=NEW_TOKENS),
         should_stop=lambda: True,
     )
     assert cancelled_first == [[], [], []]

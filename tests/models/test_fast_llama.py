@@ -17,7 +17,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 from models.base import GenParams, Prompt
-from models.decode import DecodeParams, cache_arg, decode, output_cache, prompt_position_ids
+from models.decode import cache_arg, decode, output_cache, prompt_position_ids
 from models.fast_llama import FastLlamaStepper, supported
 from models.quantize import int4_available, quantize_model
 from models.transformers_backend import TransformersBackend
@@ -70,14 +70,14 @@ def test_a_row_leaving_keeps_the_others_right(int4_llama: tuple[Any, Any, Path])
     stepper = FastLlamaStepper(model)
     prompts = ["Hello, how are you today? I am", "Why", "The weather in Lyon is"]
     enc = tokenizer(prompts, return_tensors="pt", padding=True)
-    params = DecodeParams(max_new_tokens=8)
-    together = decode(model, enc.input_ids, enc.attention_mask, params, pad_token_id=0, stepper=stepper)
+    params = GenParams(max_new_tokens=8)
+    together = decode(model, enc.input_ids, enc.attention_mask, params, stepper=stepper)
     # Stop tokens make rows leave at different steps; each row's tokens must not depend on its neighbours.
-    stops = DecodeParams(max_new_tokens=8, stop_token_ids=(together[1][2],))
-    mixed = decode(model, enc.input_ids, enc.attention_mask, stops, pad_token_id=0, stepper=stepper)
+    stops = (together[1][2],)
+    mixed = decode(model, enc.input_ids, enc.attention_mask, params, stop_token_ids=stops, stepper=stepper)
     for i, prompt in enumerate(prompts):
         one = tokenizer([prompt], return_tensors="pt")
-        alone = decode(model, one.input_ids, one.attention_mask, stops, pad_token_id=0, stepper=stepper)[0]
+        alone = decode(model, one.input_ids, one.attention_mask, params, stop_token_ids=stops, stepper=stepper)[0]
         assert mixed[i] == alone
     assert len(mixed[1]) == 2  # row 1 stopped at its third token
 

@@ -226,7 +226,7 @@ def test_streaming_grows_the_text(server: FakeOpenAIServer) -> None:
     seen: list[str] = []
     backend = _backend(server)
     try:
-        out = backend.stream(_chat("one two three"), GREEDY, seen.append)
+        out = backend.generate([_chat("one two three")], GREEDY, on_text=seen.append)[0]
     finally:
         backend.close()
     assert out.text == "echo: one two three"

@@ -14,16 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from models.base import GenParams, Prompt
+from models.base import GenParams, Prompt, estimate_tokens
 from models.profiles import get_profile
 from models.profiles.base import (
     CompressionInput,
-    ProfileParams,
     ReplyInput,
     SessionInput,
     Task,
-    TokenizerInfo,
-    estimate_tokens,
 )
 from models.profiles.comedy import (
     COMPRESSION_TEMPLATE,
@@ -143,7 +140,7 @@ def test_comedy_token_ids_have_exactly_the_typed_special_tokens(tiny: Tiny) -> N
 
 
 def test_comedy_prompts_leave_out_the_oldest_turns_to_fit(tiny: Tiny) -> None:
-    info = TokenizerInfo.from_backend(tiny.llama)
+    info = tiny.llama.tokenizer_info()
     full = info.count_tokens(COMEDY_SESSION)
     assert ComedyProfile(context_tokens=full, info=info).session_memory_prompt(SESSION).text == COMEDY_SESSION
     cut = ComedyProfile(context_tokens=full - 1, info=info).session_memory_prompt(SESSION)
@@ -250,7 +247,7 @@ DIALRET_FULL = (
 
 
 def test_dialret_frame_exact_string_and_ids(tiny: Tiny) -> None:
-    prompt = DialRetProfile(context_tokens=2048 - 128, info=TokenizerInfo.from_backend(tiny.llama)).reply_prompt(
+    prompt = DialRetProfile(context_tokens=2048 - 128, info=tiny.llama.tokenizer_info()).reply_prompt(
         _reply(turns=DIALRET_TURNS, past_sessions=PAST))
     assert prompt.text == DIALRET_FULL and not prompt.add_special_tokens and prompt.max_input_tokens == 1920
     tok = tiny.llama.tokenizer
@@ -259,7 +256,7 @@ def test_dialret_frame_exact_string_and_ids(tiny: Tiny) -> None:
 
 
 def test_dialret_cuts_whole_sessions_from_the_oldest(tiny: Tiny) -> None:
-    info = TokenizerInfo.from_backend(tiny.llama)
+    info = tiny.llama.tokenizer_info()
     full = info.count_tokens(DIALRET_FULL)
     item = _reply(turns=DIALRET_TURNS, past_sessions=PAST)
     assert DialRetProfile(context_tokens=full, info=info).reply_prompt(item).text == DIALRET_FULL
@@ -323,7 +320,7 @@ def test_dialogpt_turns_joined_with_eos_exact_string_and_ids(tiny: Tiny) -> None
 
 
 def test_dialogpt_trims_whole_turns_from_the_left(tiny: Tiny) -> None:
-    info = TokenizerInfo.from_backend(tiny.gpt2)
+    info = tiny.gpt2.tokenizer_info()
     costs = [info.count_tokens(text + "<|endoftext|>") for _, text in TURNS]
     item = _reply()
     assert DialoGPTProfile(sum(costs), info).reply_prompt(item).text == DIALOGPT_TEXT
@@ -342,7 +339,7 @@ def test_dialogpt_trims_whole_turns_from_the_left(tiny: Tiny) -> None:
 def test_dialogpt_sampling_and_empty_replies() -> None:
     profile = DialoGPTProfile()
     params = profile.reply_params(40, 0.0, 1.0, 1.1)
-    assert isinstance(params, ProfileParams)
+    assert isinstance(params, GenParams)
     assert (params.do_sample, params.top_k, params.top_p, params.temperature, params.no_repeat_ngram_size) == (
         True, 50, 0.9, 0.7, 3)
     assert params.retry_empty == 2 and params.max_new_tokens == 40
@@ -356,7 +353,7 @@ def test_dialogpt_empty_output_is_sampled_again_by_the_backend(tiny: Tiny, monke
     word = tiny.gpt2.tokenizer("Hello", add_special_tokens=False)["input_ids"]
 
     def fake_lean(batch: object, params: GenParams, between_steps: object = None,
-                  max_rows: object = None) -> list[list[int]]:
+                  max_rows: object = None, on_text: object = None) -> list[list[int]]:
         calls.append(len(batch["input_ids"]))  # type: ignore[index]
         return [[] for _ in range(calls[-1])] if len(calls) < 3 else [word] * calls[-1]
 
@@ -375,12 +372,12 @@ def test_dialogpt_left_padded_batch_equals_each_prompt_alone(tiny: Tiny) -> None
     prompts = [profile.reply_prompt(_reply()), profile.reply_prompt(_reply(turns=(("user", "Why?"),)))]
     greedy = GenParams(max_new_tokens=8)
     for lean in (True, False):
-        tiny.gpt2.lean_decode = lean
+        tiny.gpt2.own_loop = lean
         try:
             together = [g.text for g in tiny.gpt2.generate(prompts, greedy)]
             alone = [tiny.gpt2.generate([p], greedy)[0].text for p in prompts]
         finally:
-            tiny.gpt2.lean_decode = True
+            tiny.gpt2.own_loop = True
         assert together == alone
 
 
@@ -458,7 +455,7 @@ def test_godel_keeps_the_encoder_input_within_512_tokens(tiny: Tiny) -> None:
 def test_godel_card_generation_settings(tiny: Tiny, monkeypatch: pytest.MonkeyPatch) -> None:
     godel = GodelProfile()
     params = godel.reply_params(160, 0.0, 1.0, 1.1)
-    assert isinstance(params, ProfileParams)
+    assert isinstance(params, GenParams)
     assert (params.do_sample, params.top_p, params.top_k, params.min_new_tokens, params.max_new_tokens) == (
         True, 0.9, 50, 7, 127)
     assert godel.reply_params(5, 0, 1, 1).min_new_tokens == 5

@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bot.config import ConfigError, load_settings
 from models.base import BackendError, GenParams, Prompt
-from models.decode import DecodeParams, decode
+from models.decode import decode
 from models.quantize import Bf16Linear, Int4Linear, int4_available, quantize_model
 from models.transformers_backend import TransformersBackend
 from tests.tiny_models import build_tiny_llama
@@ -98,9 +98,9 @@ def test_lean_decode_runs_on_the_int4_model(tiny_llama: tuple[Any, Any, Path]) -
     reference = _dequantized_reference(model)
     tokenizer.padding_side = "left"
     enc = tokenizer(["Hello, how are you today? I am", "Why"], return_tensors="pt", padding=True)
-    params = DecodeParams(max_new_tokens=6)
-    got = decode(quantized, enc.input_ids, enc.attention_mask, params, pad_token_id=tokenizer.pad_token_id)
-    want = decode(reference, enc.input_ids, enc.attention_mask, params, pad_token_id=tokenizer.pad_token_id)
+    params = GenParams(max_new_tokens=6)
+    got = decode(quantized, enc.input_ids, enc.attention_mask, params)
+    want = decode(reference, enc.input_ids, enc.attention_mask, params)
     assert [len(r) for r in got] == [6, 6]
     assert [r[0] for r in got] == [r[0] for r in want]  # the first token comes from the exact prefill path
 
@@ -152,3 +152,41 @@ def test_backend_refuses_int4_off_cpu(tiny_llama: tuple[Any, Any, Path], monkeyp
     monkeypatch.setattr(nn.Module, "to", lambda self, *a, **k: self)  # pretend: no real CUDA here
     with pytest.raises(BackendError, match="CPU only"):
         TransformersBackend.load(folder, device="cuda", quantize="int4")
+
+
+def test_a_streamed_reply_takes_the_same_int4_path_as_one_not_streamed(
+    tiny_llama: tuple[Any, Any, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, a streamed reply always went through transformers' generate(), so `quantize = "int4"` silently
+    changed path (and speed) when streaming was on. Now both go through the own loop and its int4 steps."""
+    _, _, folder = tiny_llama
+    int4 = TransformersBackend.load(folder, device="cpu", quantize="int4")
+    assert int4.stepper is not None and int4.capabilities.streaming
+
+    def no_generate(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a decoder-only model's reply went through generate()")
+
+    monkeypatch.setattr(int4.model, "generate", no_generate)
+    steps: list[int] = []
+    real_step = int4.stepper.start
+
+    def counting_start(*args: Any, **kwargs: Any) -> Any:
+        state = real_step(*args, **kwargs)
+        step = state.step
+
+        def counted(*a: Any, **k: Any) -> Any:
+            steps.append(1)
+            return step(*a, **k)
+
+        state.step = counted
+        return state
+
+    monkeypatch.setattr(int4.stepper, "start", counting_start)
+    prompt, params = Prompt(text="Hello, how are"), GenParams(max_new_tokens=8)
+    plain = int4.generate([prompt], params)[0]
+    plain_steps = len(steps)
+    seen: list[str] = []
+    streamed = int4.generate([prompt], params, on_text=seen.append)[0]
+    assert plain_steps > 0 and len(steps) == 2 * plain_steps  # the int4 steps, the same number both times
+    assert streamed.text == plain.text and seen and seen[-1] == plain.text
+    assert all(plain.text.startswith(s.rstrip()) for s in seen)  # the text grew, never changed
