@@ -178,3 +178,17 @@ def test_gpu_decode_quick_runs_without_a_gpu() -> None:
     for variants in result["summary"].values():
         assert variants["generate"][2] == 1.0
         assert str(variants["hf_static_compiled"]).startswith("skipped")
+
+
+def test_int4_quick(embedded_cache: Path) -> None:
+    """Own int4 against torchao's; torchao is an optional benchmark dependency (absent in CI: recorded)."""
+    result = run_quick("int4.py")
+    assert result["benchmark"] == "int4" and result["default_dtype"]
+    for entry in result["results"].values():
+        for name in ("baseline_generate", "own_int4"):
+            assert entry[name]["prefill_s"] > 0 and entry[name]["decode_tokens_per_s"] > 0
+        agreement = entry["agreement"]["own_int4"]["vs_" + result["agreement_reference"]]
+        assert 0 <= agreement["leading_tokens_identical_fraction_mean"] <= 1
+    assert result["weight_bytes"]["own_int4"]["bytes"] > 0
+    if "error" not in result["torchao"]:
+        assert "own_vs_torchao" in result["results"]["batch_1"] and isinstance(result["verdict"], dict)
