@@ -12,6 +12,7 @@ The repositories' SQL is the same text as SQLite's, `?` placeholders turned into
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import hashlib
@@ -39,6 +40,7 @@ _EXCLUSIVE = 2 << 48
 SESSION_SETTINGS = {"max_parallel_workers_per_gather": "0", "jit": "off"}
 _TURNS = 0x6D656D62  # "memb": the class of the two-key advisory locks on turns (a key space of its own)
 TURN_WAIT = 300.0  # seconds a reply waits for the same person's previous one in another process
+TURN_POLL = 0.02  # seconds between tries meanwhile
 
 
 @functools.lru_cache(maxsize=2048)
@@ -149,7 +151,8 @@ class PostgresStore(Store):
         self.password = password
         self.max_connections = max_connections
         self._pool: asyncpg.Pool | None = None
-        self._turns: asyncpg.Pool | None = None
+        self._turns: asyncpg.Connection | None = None
+        self._turn_mutex = asyncio.Lock()  # one statement at a time on the turns' connection
 
     def __repr__(self) -> str:
         return f"PostgresStore({where(self.url)})"
@@ -237,32 +240,41 @@ class PostgresStore(Store):
 
     @asynccontextmanager
     async def turn(self, key: str) -> AsyncIterator[None]:  # type: ignore[override]
-        """A session-level advisory lock on (TURNS, hash of `key`), waited for on a connection of its own pool:
-        the turns' connections sit idle while the model writes, and must never take the storage pool's (a
-        reply waiting for its turn would then starve the writes of the reply ahead of it). Waiting longer
-        than `TURN_WAIT` seconds (a stuck process elsewhere) answers out of order rather than not at all."""
+        """A session-level advisory lock on (TURNS, hash of `key`), all of this process's held by one connection
+        of their own: a turn lasts while the model writes, and holding a connection each would take one per
+        person being answered (PostgreSQL allows 100 by default for everything) or starve the storage pool.
+        So the lock is tried, not waited for, and tried again every `TURN_POLL` seconds while another
+        process holds it (only when the same person writes to two processes at once). Waiting longer than
+        `TURN_WAIT` (a stuck process elsewhere), or a failing server, answers out of order rather than not
+        at all. A process that dies releases its turns with its connection."""
         objid = int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big", signed=True)
-        pool, conn, locked = None, None, False
+        loop = asyncio.get_running_loop()
+        deadline, locked, holder = loop.time() + TURN_WAIT, False, None
         try:
-            pool = await self._turn_pool()
-            conn = await pool.acquire(timeout=TURN_WAIT)
-            await conn.execute("SELECT pg_advisory_lock($1, $2)", _TURNS, objid, timeout=TURN_WAIT)
-            locked = True
-        except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            while True:
+                async with self._turn_mutex:
+                    holder = await self._turn_holder()
+                    locked = bool(await holder.fetchval("SELECT pg_try_advisory_lock($1, $2)", _TURNS, objid))
+                if locked or loop.time() > deadline:
+                    break
+                await asyncio.sleep(TURN_POLL)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
             log.warning("answering without waiting for this person's previous turn: %s", type(exc).__name__)
+        if not locked and loop.time() > deadline:
+            log.warning("answering without waiting for this person's previous turn: still held after %.0f s",
+                        TURN_WAIT)
         try:
             yield
         finally:
-            if conn is not None and pool is not None:
-                if locked:
+            if locked and holder is not None:
+                async with self._turn_mutex:
                     with contextlib.suppress(asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-                        await conn.execute("SELECT pg_advisory_unlock($1, $2)", _TURNS, objid)
-                await pool.release(conn)  # its reset unlocks whatever is left
+                        await holder.execute("SELECT pg_advisory_unlock($1, $2)", _TURNS, objid)
 
-    async def _turn_pool(self) -> asyncpg.Pool:
-        if self._turns is None:
-            self._turns = await asyncpg.create_pool(self.url, password=self.password, min_size=0,
-                                                    max_size=self.max_connections)
+    async def _turn_holder(self) -> asyncpg.Connection:
+        """The connection holding this process's turns (a new one if the last was lost, and its locks with it)."""
+        if self._turns is None or self._turns.is_closed():
+            self._turns = await asyncpg.connect(self.url, password=self.password)
         return self._turns
 
     @asynccontextmanager

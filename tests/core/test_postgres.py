@@ -6,6 +6,7 @@ both backends besides."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
@@ -158,6 +159,25 @@ async def test_a_persons_next_message_in_another_process_waits_for_the_reply_ahe
     finally:
         for app in apps:
             await app.close()
+
+
+async def test_many_people_answered_at_once_hold_one_connection_for_their_turns(postgres_url: str) -> None:
+    """Every turn lasts as long as its reply is written. Held on a connection each, 30 people answered at once
+    would take 30 of the server's connections (100 by default, for every process) or, from a pool of 10,
+    leave the 11th waiting for a stranger's reply. All of a process's turns are held by one connection."""
+    store = await Store.open(postgres_url)
+    try:
+        async with contextlib.AsyncExitStack() as turns:
+            async with asyncio.timeout(10):
+                for person in range(30):
+                    await turns.enter_async_context(store.turn(f"telegram:{person}:{person}"))
+            held = await store.scalar("SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND granted")
+            connections = await store.scalar(
+                "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database()")
+        assert held == 30 and connections <= 3  # the storage pool's (here 1 or 2) and the turns' one
+        assert await store.scalar("SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory'") == 0
+    finally:
+        await store.close()
 
 
 def _membot(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
