@@ -1,7 +1,7 @@
 """GPU decode speed (issue #17 item 6): transformers' generate() against the project's own decode loops and
 transformers' static cache (+ torch.compile), on one CUDA GPU.
 
-Why: the own loops (models/decode.py, models/continuous_decode.py) were built and measured on a 2-core CPU.
+Why: the own loops (models/decode.py) were built and measured on a 2-core CPU.
 (The own CUDA-graph path that this script also measured on 2026-12-04, 2.1-4.9x generate() against 5.1-6.7x
 for transformers' static cache + torch.compile, was deleted after that run: docs/benchmarks.md "GPU".) On a GPU a small model's decode step is
 dominated by kernel launches and Python overhead, so the ranking can differ from the CPU's. This script
@@ -22,7 +22,7 @@ measurements, so what runs out of time is the least important):
 1. ``generate``: ``model.generate(do_sample=False, min_new_tokens=max_new_tokens)`` with EOS disabled, so
    every row makes the same number of tokens (the reference);
 2. ``own_decode``: ``models.decode.decode`` (DynamicCache with in-place growing layers);
-3. ``own_continuous``: ``models.continuous_decode.decode_continuous`` with ``max_rows`` = the batch;
+3. ``own_continuous``: ``models.decode.decode`` with ``max_rows`` = the batch;
    (1-3 for the small model, then the large one)
 4. the reply-during-a-job figure (small model);
 5. ``hf_static``: ``generate(cache_implementation="static", disable_compile=True)``;
@@ -42,7 +42,7 @@ Run (from the repository root; needs only torch, transformers and the standard l
     .venv/bin/python bench/gpu_decode.py --quick  # CPU smoke test: tiny models, seconds
 
 Output: one JSON object on stdout; progress on stderr. The script imports only torch, transformers, the
-standard library and models.decode / continuous_decode / kv_cache / worker / base (none of
+standard library and models.decode / kv_cache / worker / base (none of
 which import anything else), so it runs where the bot's other dependencies are not installed.
 """
 
@@ -232,10 +232,10 @@ def run_own(model: Any, ids: Any, mask: Any, new_tokens: int, pad_id: int,
 def run_continuous(model: Any, ids: Any, mask: Any, new_tokens: int, pad_id: int,
                    device: str) -> tuple[list[list[int]], float | None]:
     from models.base import GenParams
-    from models.continuous_decode import decode_continuous
+    from models.decode import decode
 
     marks, poll = _marker()
-    rows = decode_continuous(model, ids, mask, GenParams(max_new_tokens=new_tokens), max_rows=ids.shape[0],
+    rows = decode(model, ids, mask, GenParams(max_new_tokens=new_tokens), max_rows=ids.shape[0],
                              should_stop=poll)
     return rows, (marks[1] if len(marks) > 1 else None)
 
@@ -385,7 +385,7 @@ class Bench:
 
 class IdsBackend:
     """The smallest backend the ModelWorker can drive, like TransformersBackend._lean but fed token ids
-    (a prompt's text is a key into a table of random ids): jobs go through decode_continuous with the
+    (a prompt's text is a key into a table of random ids): jobs go through decode(max_rows=...) with the
     worker's between-steps callback, replies through decode()."""
 
     def __init__(self, model: Any, table: dict[str, Any], pad_id: int, device: str) -> None:
@@ -406,7 +406,6 @@ class IdsBackend:
         import torch
 
         from models.base import Generation, GenParams
-        from models.continuous_decode import decode_continuous
         from models.decode import decode
 
         ids = torch.stack([self.table[p.text] for p in prompts])
@@ -422,7 +421,7 @@ class IdsBackend:
                 between_steps()
                 return False
 
-            rows = decode_continuous(self.model, ids, mask, decode_params, max_rows=max_rows or ids.shape[0],
+            rows = decode(self.model, ids, mask, decode_params, max_rows=max_rows or ids.shape[0],
                                      prefill_rows=JOB_PREFILL_ROWS, should_stop=poll)
         return [Generation(text="", new_tokens=len(r)) for r in rows]
 
@@ -459,7 +458,7 @@ def reply_during_job(bench: Bench, model: Any, job_batch: int) -> dict[str, Any]
         "status": "ok", "job_rows": job_batch, "reply_rows": 1, "new_tokens_each": args.new_tokens,
         "job_prefill_rows": JOB_PREFILL_ROWS, "reply_arrives_after_job_polls": target,
         "worker_batch_wait_ms": WORKER_BATCH_WAIT_MS,
-        "how": "models.worker.ModelWorker with a token-id backend (decode_continuous for the job, decode() for "
+        "how": "models.worker.ModelWorker with a token-id backend (decode(max_rows=...) for the job, decode() for "
                "the reply), as TransformersBackend._lean does; tokenizer and bot app not involved. Latency is "
                "submit to result; a reply to an idle worker also waits the worker's batch_wait_ms, one served "
                "inside a job batch does not",

@@ -1,5 +1,5 @@
 """Memory-job batches: transformers' own continuous batching (`generate_batch`, paged attention) against the
-project's own continuous loop (models/continuous_decode.py), same model, same prompts, same CPU.
+project's own continuous loop (models/decode.py), same model, same prompts, same CPU.
 
     .venv/bin/python bench/transformers_cb.py            # 16 job-like prompts, 64 new tokens, 2 repeats
     .venv/bin/python bench/transformers_cb.py --quick    # a smoke test
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     from models.base import GenParams
-    from models.continuous_decode import decode_continuous
+    from models.decode import decode
 
     folder = embedded_folder()
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         return [list(out[f"req_{i}"].generated_tokens) for i in range(count)]
 
     def ours(new_tokens: int = args.new_tokens, count: int = len(ids)) -> list[list[int]]:
-        return decode_continuous(model, batch["input_ids"][:count], batch["attention_mask"][:count],
+        return decode(model, batch["input_ids"][:count], batch["attention_mask"][:count],
                                  GenParams(max_new_tokens=new_tokens), max_rows=count)
 
     times: dict[str, list[float]] = {"transformers_generate_batch": [], "own_continuous": []}

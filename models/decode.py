@@ -1,29 +1,36 @@
-"""Lean batched decode loop for decoder-only causal LMs.
+"""The decode loop for decoder-only causal LMs: replies (batch 1), streamed replies, batches of replies and
+job batches, with continuous batching.
 
-Why this exists: ``transformers``' ``generate()`` rebuilds a generation config, a
-logits-processor list, stopping criteria and a fresh set of model kwargs on every
-call, and on every step it re-slices/clones inputs and runs its bookkeeping in
-Python. For a 135M model on a 2-core CPU that fixed per-step overhead is a large
-share of the step time. This module keeps only what a chatbot needs: one prefill,
-then a forward on the last token per step, greedy or sampled selection, per-row
-stopping, and finished rows leave the batch so later steps only compute live rows.
+Why this exists: ``transformers``' ``generate()`` rebuilds a generation config, a logits-processor list,
+stopping criteria and a fresh set of model kwargs on every call, and runs its bookkeeping in Python at every
+step; and it cannot admit a prompt into a running batch or hand control back between steps. This loop
+keeps what a chatbot needs: prefill, then a forward on the last token per step, greedy or sampled selection,
+per-row stopping; finished rows leave the batch, and with ``max_rows`` the next waiting prompt takes a
+finished row's place at the very next step (continuous batching: memory jobs' outputs differ widely in
+length). Between prefill groups and steps ``should_stop`` is polled: the model worker answers waiting
+replies there, in the middle of a job batch. Its real value on a CPU is that, not speed (docs/benchmarks.md:
+0.96x ``generate()`` at batch 1 in float32).
 
-Greedy output is meant to be token-for-token identical to
-``model.generate(input_ids, attention_mask=..., do_sample=False, ...)`` on a
-left-padded batch: the model is called with exactly the inputs ``generate()``
-would pass (same ``position_ids``, same 2-D mask, ``logits_to_keep=1``, a
-``DynamicCache`` built from the config, mask dropped when it has no padding).
+Each group of admitted prompts is prefilled to its own longest prompt only; its key/value cache is padded
+with masked zeros to the running batch's length (no compute). Prompts that begin alike (a task's
+instructions) have that beginning's cache computed once and copied to each row.
 
-Deliberate difference from HF: the repetition penalty and the no-repeat-n-gram
-ban only look at real tokens. HF also counts the left padding (so the pad token
-gets penalised, and a row's output depends on which other prompts it was batched
-with); for an unpadded row the two agree.
+Greedy output is token-for-token identical to ``model.generate(input_ids, attention_mask=..., do_sample=False)``
+when all rows are admitted together without a shared prefix (every reply batch; tests/models/test_decode.py):
+the model gets the inputs ``generate()`` would pass (same ``position_ids``, 2-D mask, ``logits_to_keep=1``, a
+``DynamicCache`` built from the config, mask dropped when it has no padding). Rows admitted later, or with a
+shared prefix, match decoding the prompt alone up to float rounding.
+
+Deliberate difference from HF: the repetition penalty and the no-repeat-n-gram ban only look at real
+tokens. HF also counts the left padding (so the pad token gets penalised, and a row's output depends on
+which other prompts it was batched with); for an unpadded row the two agree.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -34,48 +41,6 @@ from models.base import GenParams
 logger = logging.getLogger(__name__)
 
 __all__ = ["decode"]
-
-
-# --------------------------------------------------------------------------------------
-# Public entry point
-# --------------------------------------------------------------------------------------
-
-
-def decode(
-    model: Any,
-    input_ids: torch.LongTensor,
-    attention_mask: torch.LongTensor,
-    params: GenParams,
-    *,
-    stop_token_ids: Sequence[int] = (),
-    should_stop: Callable[[], bool] | None = None,
-    stepper: Any = None,
-    prefill_rows: int | None = None,
-    on_step: Callable[[list[list[int]]], None] | None = None,
-) -> list[list[int]]:
-    """Generate continuations for a LEFT-padded batch.
-
-    Returns, for every input row, the newly generated token ids without the stop
-    token. ``should_stop`` is polled before every forward pass; when it returns
-    True the tokens generated so far are returned (cancellation, e.g. the user
-    sent a new message).
-
-    ``stop_token_ids`` end a row (not included). ``params.temperature <= 0`` with sampling is greedy, as chat
-    front-ends use temperature 0. ``on_step`` gets every row's tokens so far after each step (streaming).
-
-    ``stepper`` (a :class:`models.fast_llama.FastLlamaStepper`) runs the decode steps after the prefill
-    instead of the model's own forward (the int4 CPU path). ``prefill_rows`` prefills a big batch that many
-    rows at a time, polling ``should_stop`` between the chunks, so that a caller can serve other work there
-    (the model worker answers waiting replies in the middle of a job batch).
-    """
-    if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape:
-        raise ValueError("input_ids and attention_mask must both be (batch, seq_len)")
-    batch_size = input_ids.shape[0]
-    if batch_size == 0 or params.max_new_tokens <= 0:
-        return [[] for _ in range(batch_size)]
-
-    return _decode_dynamic(model, input_ids, attention_mask, params, tuple(stop_token_ids), should_stop=should_stop,
-                           stepper=stepper, prefill_rows=prefill_rows, on_step=on_step)
 
 
 # --------------------------------------------------------------------------------------
@@ -290,8 +255,16 @@ def model_device(model: Any, fallback: torch.device) -> torch.device:
 
 
 # --------------------------------------------------------------------------------------
-# Plain loop with a DynamicCache
+# The cache, the running batch, shared prefixes
 # --------------------------------------------------------------------------------------
+
+
+def plain_cache(model: Any) -> bool:
+    """Whether the model's key/value cache has plain layers only (no sliding window), which continuous
+    batching pads and cuts by hand; other caches decode all rows together."""
+    config = getattr(model, "config", None)
+    return config is not None and not getattr(config, "sliding_window", None) and not getattr(
+        config, "is_encoder_decoder", False)
 
 
 def _new_dynamic_cache(model: Any) -> Any:
@@ -313,123 +286,257 @@ def _new_dynamic_cache(model: Any) -> Any:
         return None
 
 
-def _select_cache_rows(cache: Any, rows_t: torch.Tensor) -> Any:
-    """Keep only ``rows_t`` in the batch dimension of the KV cache."""
-    if hasattr(cache, "batch_select_indices"):
-        cache.batch_select_indices(rows_t)
-        return cache
-    # Legacy tuple-of-tuples cache.
-    return tuple(tuple(t.index_select(0, rows_t) for t in layer) for layer in cache)
+# Shorter common beginnings are prefilled with each prompt: copying their cache would save next to nothing.
+MIN_SHARED_PREFIX = 32
 
 
-def _concat_cache_rows(cache: Any, more: Any) -> Any:
-    """Append `more`'s rows to `cache` (both prefilled to the same padded length)."""
-    layers = getattr(cache, "layers", None)
-    if layers is None:  # legacy tuples
-        return tuple(tuple(torch.cat([a, b]) for a, b in zip(la, lb, strict=True))
-                     for la, lb in zip(cache, more, strict=True))
-    for mine, theirs in zip(layers, more.layers, strict=True):
-        mine.keys = torch.cat([mine.keys, theirs.keys])
-        mine.values = torch.cat([mine.values, theirs.values])
-    return cache
+
+class _Batch:
+    """The running rows: their cache, mask, next positions, last tokens and selection state."""
+
+    def __init__(self, plain: bool = True) -> None:
+        self.plain = plain  # a cache of plain layers, whose columns can be padded and cut by hand
+        self.rows: list[int] = []  # input row index of each batch position
+        self.cache: Any = None
+        self.state: Any = None  # the int4 decode steps' own cache (models/fast_llama.py), once they start
+        self.mask: torch.Tensor | None = None
+        self.next_pos: torch.Tensor | None = None
+        self.tokens: torch.Tensor | None = None
+        self.selector: TokenSelector | None = None
+
+    def add(self, rows: list[int], cache: Any, mask: torch.Tensor, next_pos: torch.Tensor, tokens: torch.Tensor,
+            selector: TokenSelector) -> None:
+        if self.cache is None:
+            self.rows, self.cache, self.mask = list(rows), cache, mask
+            self.next_pos, self.tokens, self.selector = next_pos, tokens, selector
+            return
+        assert self.mask is not None and self.next_pos is not None and self.tokens is not None
+        assert self.selector is not None
+        width = max(self.mask.shape[1], mask.shape[1])
+        self.mask = torch.cat([_left_pad(self.mask, width, 1), _left_pad(mask, width, 1)])
+        for mine, theirs in zip(self.cache.layers, cache.layers, strict=True):
+            mine.keys = torch.cat([_left_pad(mine.keys, width, 2), _left_pad(theirs.keys, width, 2)])
+            mine.values = torch.cat([_left_pad(mine.values, width, 2), _left_pad(theirs.values, width, 2)])
+        self.rows.extend(rows)
+        self.next_pos = torch.cat([self.next_pos, next_pos])
+        self.tokens = torch.cat([self.tokens, tokens])
+        self.selector.extend(selector)
+
+    def keep(self, keep: list[int]) -> None:
+        """Only the rows at positions ``keep`` stay; leading columns no row uses any more are dropped."""
+        if len(keep) == len(self.rows):
+            return
+        if not keep:
+            self.rows, self.cache = [], None
+            return
+        assert self.mask is not None and self.next_pos is not None and self.tokens is not None
+        assert self.selector is not None
+        rows_t = torch.tensor(keep, dtype=torch.long, device=self.mask.device)
+        self.rows = [self.rows[i] for i in keep]
+        self.mask = self.mask.index_select(0, rows_t)
+        self.next_pos = self.next_pos.index_select(0, rows_t)
+        self.tokens = self.tokens.index_select(0, rows_t)
+        self.selector.keep(keep, rows_t)
+        if self.state is not None:  # the decode steps keep their own cache: no columns to drop
+            self.state.keep(rows_t)
+            return
+        if not self.plain:  # e.g. sliding-window layers: their length is not the mask's; rows only
+            self.cache.batch_select_indices(rows_t)
+            return
+        used = self.mask.any(0).nonzero()
+        start = int(used[0]) if used.numel() else 0
+        self.mask = self.mask[:, start:]
+        for layer in self.cache.layers:
+            layer.keys = layer.keys.index_select(0, rows_t)[:, :, start:]
+            layer.values = layer.values.index_select(0, rows_t)[:, :, start:]
+
+    def step_mask(self) -> torch.Tensor | None:
+        """The mask for the next step, or None without padding (as generate() drops it, for the same numerics)."""
+        assert self.mask is not None
+        return None if bool(self.mask.all()) else self.mask
 
 
-def _decode_dynamic(
+class _SharedPrefixes:
+    """Prompts that begin alike (a task's instructions and worked example) have that beginning's key/value
+    cache computed once and copied to each row, instead of prefilled once per row.
+
+    Prompts are grouped by their first tokens; a group's shared part is its members' longest common prefix
+    (at least `MIN_SHARED_PREFIX` tokens, always leaving each member one token of its own to prefill).
+    """
+
+    def __init__(self, model: Any, prompts: list[list[int]], extra: dict[str, Any]) -> None:
+        self.model, self.prompts, self.extra = model, prompts, extra
+        self.length: dict[int, int] = {}  # prompt index -> shared tokens
+        self._leader: dict[int, int] = {}  # prompt index -> the group member whose cache is computed
+        self._caches: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, tokens in enumerate(prompts):
+            groups.setdefault(tuple(tokens[:8]), []).append(i)
+        for members in groups.values():
+            if len(members) < 2:
+                continue
+            first = prompts[members[0]]
+            shared = min(len(prompts[m]) for m in members) - 1
+            for m in members[1:]:
+                other = prompts[m]
+                n = 0
+                while n < shared and other[n] == first[n]:
+                    n += 1
+                shared = n
+            if shared >= MIN_SHARED_PREFIX:
+                for m in members:
+                    self.length[m], self._leader[m] = shared, members[0]
+
+    def split(self, group: list[int]) -> list[tuple[int, list[int]]]:
+        """`group` as (shared tokens, rows) parts, rows without a shared prefix together (0), in order of first
+        appearance: each part is prefilled on its own."""
+        parts: dict[int, list[int]] = {}
+        for row in group:
+            parts.setdefault(self._leader.get(row, -1), []).append(row)
+        return [(self.length[rows[0]] if leader >= 0 else 0, rows) for leader, rows in parts.items()]
+
+    def cache(self, row: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        leader = self._leader[row]
+        if leader not in self._caches:
+            tokens = self.prompts[leader][: self.length[row]]
+            ids = torch.tensor([tokens], dtype=torch.long, device=model_device(self.model, torch.device("cpu")))
+            out = self.model(input_ids=ids, use_cache=True, return_dict=True,
+                             **{cache_arg(self.model): _new_dynamic_cache(self.model)}, **self.extra)
+            self._caches[leader] = [(layer.keys, layer.values) for layer in output_cache(out).layers]
+        return self._caches[leader]
+
+
+def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    missing = width - t.shape[dim]
+    if missing <= 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+# --------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------
+
+
+def decode(
     model: Any,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     params: GenParams,
-    stop_token_ids: tuple[int, ...],
     *,
-    should_stop: Callable[[], bool] | None,
-    stepper: Any = None,
+    stop_token_ids: Sequence[int] = (),
+    max_rows: int | None = None,
     prefill_rows: int | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    stepper: Any = None,
     on_step: Callable[[list[list[int]]], None] | None = None,
 ) -> list[list[int]]:
-    batch_size = input_ids.shape[0]
-    results: list[list[int]] = [[] for _ in range(batch_size)]
-    if should_stop is not None and should_stop():
+    """New tokens for every row of a LEFT-padded batch (without the stop token), decoding at most ``max_rows``
+    rows at a time (default: all).
+
+    Prompts are admitted in input order, ``prefill_rows`` at a time (default: as many as there are free
+    places). ``should_stop`` is polled between prefill groups and between steps (the model worker serves
+    waiting replies there); when it returns True the tokens so far are returned. ``on_step`` gets every row's
+    tokens so far after each step (streaming). ``params.temperature <= 0`` with sampling is greedy, as chat
+    front-ends use temperature 0.
+
+    ``stepper`` (a :class:`models.fast_llama.FastLlamaStepper`, the int4 CPU path) runs the decode steps
+    instead of the model's forward. Its cache holds a fixed set of rows, so every prompt is admitted before
+    the first step (``max_rows`` is ignored: a caller wanting fewer rows at once passes fewer prompts).
+    """
+    if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape:
+        raise ValueError("input_ids and attention_mask must both be (batch, seq_len)")
+    total = input_ids.shape[0]
+    results: list[list[int]] = [[] for _ in range(total)]
+    if total == 0 or params.max_new_tokens <= 0:
         return results
-
     device = model_device(model, input_ids.device)
-    input_ids = input_ids.to(device)
-    attention_mask = attention_mask.to(device=device, dtype=torch.long)
-    position_ids = prompt_position_ids(attention_mask)
-    next_pos = position_ids[:, -1:] + 1
-    # generate() drops an all-ones mask (lets SDPA take its is_causal path); match it
-    # so the numerics — and therefore greedy tokens — are the same.
-    mask: torch.Tensor | None = None if bool(attention_mask.all()) else attention_mask
-
+    width_all = input_ids.shape[1]
+    prompts = [row[width_all - int(n):] for row, n in zip(input_ids.tolist(), attention_mask.sum(-1).tolist(),
+                                                           strict=True)]
     extra: dict[str, Any] = {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
     cache_name = cache_arg(model)
     stop_ids = frozenset(int(t) for t in stop_token_ids)
-    live_rows = list(range(batch_size))
+    plain = plain_cache(model)
+    if stepper is not None or not max_rows or not plain:
+        max_rows = total
+    waiting = deque(range(total))
+    batch = _Batch(plain)
+    # Groups after the first are padded into the running cache by hand: plain layers only.
+    group_size = max(1, prefill_rows or max_rows) if plain else total
+    prefixes = _SharedPrefixes(model, prompts, extra) if plain and _new_dynamic_cache(model) is not None else None
+
+    def stopped() -> bool:
+        return should_stop is not None and should_stop()
+
+    def admit(group: list[int]) -> None:
+        for shared, members in prefixes.split(group) if prefixes is not None else [(0, group)]:
+            prefill(members, shared)
+
+    def prefill(group: list[int], shared: int) -> None:
+        """Prefill `group`'s prompts after their first `shared` tokens, whose cache is computed once."""
+        suffixes = [prompts[r][shared:] for r in group]
+        width = max(len(t) for t in suffixes)
+        g_ids = torch.tensor([[0] * (width - len(t)) + t for t in suffixes], dtype=torch.long, device=device)
+        g_mask = torch.tensor([[0] * (width - len(t)) + [1] * len(t) for t in suffixes], dtype=torch.long,
+                              device=device)
+        cache = _new_dynamic_cache(model)
+        if shared:
+            assert prefixes is not None
+            head = torch.tensor([prompts[group[0]][:shared]] * len(group), dtype=torch.long, device=device)
+            g_ids = torch.cat([head, g_ids], dim=1)
+            g_mask = torch.cat([torch.ones_like(head), g_mask], dim=1)
+            for layer, (keys, values) in enumerate(prefixes.cache(group[0])):
+                cache.update(keys.expand(len(group), -1, -1, -1).contiguous(),
+                             values.expand(len(group), -1, -1, -1).contiguous(), layer)
+        positions = prompt_position_ids(g_mask)
+        out = model(input_ids=g_ids[:, shared:], attention_mask=None if bool(g_mask.all()) else g_mask,
+                    position_ids=positions[:, shared:], use_cache=True, return_dict=True, **{cache_name: cache},
+                    **extra)
+        logits = out.logits[:, -1].float()
+        cache = output_cache(out)
+        del out
+        selector = TokenSelector(params, g_ids, g_mask, logits.shape[-1], stop_token_ids)
+        tokens, token_list = selector.next_tokens(logits)
+        keep = record_step(token_list, group, results, stop_ids, params.max_new_tokens)
+        if not keep:
+            return
+        next_pos = positions[:, -1:] + 1
+        if len(keep) < len(group):
+            keep_t = torch.tensor(keep, dtype=torch.long, device=device)
+            cache.batch_select_indices(keep_t)
+            g_mask, next_pos, tokens = (t.index_select(0, keep_t) for t in (g_mask, next_pos, tokens))
+            selector.keep(keep, keep_t)
+        batch.add([group[i] for i in keep], cache, g_mask, next_pos, tokens, selector)
 
     with torch.inference_mode():
-        chunk = prefill_rows if prefill_rows and prefill_rows < batch_size else batch_size
-        cache, parts = None, []
-        for start in range(0, batch_size, chunk):
-            if start and should_stop is not None and should_stop():
-                return results
-            rows = slice(start, start + chunk)
-            out = model(
-                input_ids=input_ids[rows],
-                attention_mask=None if mask is None else mask[rows],
-                position_ids=position_ids[rows],
-                **{cache_name: _new_dynamic_cache(model)},
-                use_cache=True,
-                return_dict=True,
-                **extra,
-            )
-            cache = output_cache(out) if cache is None else _concat_cache_rows(cache, output_cache(out))
-            parts.append(out.logits[:, -1].float())
-            del out
-        logits = parts[0] if len(parts) == 1 else torch.cat(parts)
-        state = None
-        if stepper is not None:
-            state = stepper.start(cache, attention_mask, params.max_new_tokens)
-            cache = None
-        selector = TokenSelector(params, input_ids, attention_mask, logits.shape[-1], stop_token_ids)
-
         while True:
-            tokens, token_list = selector.next_tokens(logits)
-            keep = record_step(token_list, live_rows, results, stop_ids, params.max_new_tokens)
+            while waiting and len(batch.rows) < max_rows:
+                if stopped():
+                    return results
+                room = min(group_size, max_rows - len(batch.rows), len(waiting))
+                admit([waiting.popleft() for _ in range(room)])
             if on_step is not None:
                 on_step(results)
-            if not keep:
-                break
-            if should_stop is not None and should_stop():
-                break
-            if len(keep) < len(live_rows):
-                # Finished rows leave the batch: later steps compute live rows only.
-                rows_t = torch.tensor(keep, dtype=torch.long, device=device)
-                live_rows = [live_rows[i] for i in keep]
-                if state is not None:
-                    state.keep(rows_t)
-                else:
-                    cache = _select_cache_rows(cache, rows_t)
-                tokens = tokens.index_select(0, rows_t)
-                next_pos = next_pos.index_select(0, rows_t)
-                if mask is not None:
-                    mask = mask.index_select(0, rows_t)
-                selector.keep(keep, rows_t)
-            if state is not None:
-                logits = state.step(tokens, next_pos)
-                next_pos = next_pos + 1
-                continue
-            if mask is not None:
-                mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
-            out = model(
-                input_ids=tokens[:, None],
-                attention_mask=mask,
-                position_ids=next_pos,
-                **{cache_name: cache},
-                use_cache=True,
-                return_dict=True,
-                **extra,
-            )
-            cache = output_cache(out)
-            logits = out.logits[:, -1].float()
-            del out
-            next_pos = next_pos + 1
-    return results
+            if not batch.rows:
+                return results
+            if stopped():
+                return results
+            assert batch.mask is not None and batch.tokens is not None and batch.selector is not None
+            if stepper is not None:
+                if batch.state is None:  # every row is in: the decode steps take over the cache
+                    batch.state, batch.cache = stepper.start(batch.cache, batch.mask, params.max_new_tokens), None
+                logits = batch.state.step(batch.tokens, batch.next_pos)
+            else:
+                batch.mask = torch.cat([batch.mask, batch.mask.new_ones((batch.mask.shape[0], 1))], dim=-1)
+                out = model(input_ids=batch.tokens[:, None], attention_mask=batch.step_mask(),
+                            position_ids=batch.next_pos, use_cache=True, return_dict=True,
+                            **{cache_name: batch.cache}, **extra)
+                batch.cache = output_cache(out)
+                logits = out.logits[:, -1].float()
+                del out
+            batch.next_pos = batch.next_pos + 1  # type: ignore[operator]
+            batch.tokens, token_list = batch.selector.next_tokens(logits)
+            batch.keep(record_step(token_list, batch.rows, results, stop_ids, params.max_new_tokens))

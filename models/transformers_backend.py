@@ -93,10 +93,12 @@ class TransformersBackend:
         # Decoder-only models run the own loop (models/decode.py): replies, streamed replies and job batches
         # alike, so options such as quantize = "int4" apply to all three. Seq2seq models (GODEL) run
         # transformers' generate(): the own loop has no encoder. lean_decode=False (benchmarks) does too.
+        from models.decode import plain_cache
+
         self.own_loop = lean_decode and not self.is_seq2seq
         self.capabilities = Capabilities(
             streaming=True, between_steps=self.own_loop,
-            continuous_batching=self.own_loop and _plain_dynamic_cache(model),
+            continuous_batching=self.own_loop and plain_cache(model),
         )
 
     @classmethod
@@ -246,7 +248,6 @@ class TransformersBackend:
 
     def _lean(self, batch: Any, params: GenParams, between_steps: Callable[[], None] | None = None,
               max_rows: int | None = None, on_text: Callable[[str], None] | None = None) -> list[list[int]]:
-        from models.continuous_decode import decode_continuous
         from models.decode import decode
 
         def poll() -> bool:
@@ -264,9 +265,11 @@ class TransformersBackend:
         ids, mask = batch["input_ids"], batch["attention_mask"]
         should_stop = poll if between_steps is not None else None
         prefill_rows = PREFILL_ROWS if between_steps is not None else None
-        if max_rows and self.stepper is None and self.capabilities.continuous_batching:
-            return decode_continuous(self.model, ids, mask, params, stop_token_ids=stops, max_rows=max_rows,
-                                     prefill_rows=prefill_rows, should_stop=should_stop)
+        if self.stepper is None:
+            return decode(self.model, ids, mask, params, stop_token_ids=stops,
+                          max_rows=max_rows if self.capabilities.continuous_batching else None,
+                          prefill_rows=prefill_rows, should_stop=should_stop,
+                          on_step=stream if on_text is not None else None)
         step = max_rows or ids.shape[0]
         rows: list[list[int]] = []
         for start in range(0, ids.shape[0], step):  # the int4 steps keep a fixed set of rows: chunks in turn
@@ -343,10 +346,3 @@ def fast_stepper(model: Any) -> Any:
         log.info("int4 decode steps through transformers (%s)", why)
         return None
     return FastLlamaStepper(model)
-
-
-def _plain_dynamic_cache(model: Any) -> bool:
-    """Continuous batching pads and cuts the key/value cache by hand: only for caches without a sliding window."""
-    config = getattr(model, "config", None)
-    return config is not None and not getattr(config, "sliding_window", None) and not getattr(
-        config, "is_encoder_decoder", False)

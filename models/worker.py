@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 # A backend with continuous batching takes this many times `max_batch` job prompts in one call and keeps
-# `max_batch` of them decoding, a finished row's place going to the next prompt (models/continuous_decode.py).
+# `max_batch` of them decoding, a finished row's place going to the next prompt (models/decode.py).
 JOB_PROMPTS_PER_BATCH = 4
 
 

@@ -1,4 +1,4 @@
-"""Continuous batching (models/continuous_decode.py): at most `max_rows` rows decode at once, finished rows
+"""Continuous batching (models/decode.py, `max_rows`): at most `max_rows` rows decode at once, finished rows
 hand their place to waiting prompts, and every row's tokens equal that prompt decoded on its own."""
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from models.base import GenParams
-from models.continuous_decode import decode_continuous
-from models.decode import output_cache
+from models.decode import decode, output_cache
 from tests.tiny_models import build_tiny_llama, early_stop_token
 
 PROMPTS = [
@@ -51,7 +50,7 @@ def _continuous(model: Any, tokenizer: Any, max_rows: int, prefill_rows: int | N
                 should_stop: Any = None, **params: Any) -> list[list[int]]:
     enc = tokenizer(PROMPTS, return_tensors="pt", padding=True)
     stops = params.pop("stop_token_ids", ())
-    return decode_continuous(model, enc.input_ids, enc.attention_mask,
+    return decode(model, enc.input_ids, enc.attention_mask,
                              GenParams(max_new_tokens=NEW_TOKENS, **params), stop_token_ids=stops,
                              max_rows=max_rows, prefill_rows=prefill_rows, should_stop=should_stop)
 
@@ -116,9 +115,9 @@ def test_should_stop_ends_early_with_what_was_made(tiny: tuple[Any, Any]) -> Non
 def test_empty_and_zero_tokens(tiny: tuple[Any, Any]) -> None:
     model, _ = tiny
     empty = torch.zeros((0, 3), dtype=torch.long)
-    assert decode_continuous(model, empty, empty, GenParams(), max_rows=2) == []
+    assert decode(model, empty, empty, GenParams(), max_rows=2) == []
     ids = torch.ones((2, 3), dtype=torch.long)
-    assert decode_continuous(model, ids, ids, GenParams(max_new_tokens=0), max_rows=2) == [[], []]
+    assert decode(model, ids, ids, GenParams(max_new_tokens=0), max_rows=2) == [[], []]
 
 
 
@@ -143,7 +142,7 @@ def test_a_shared_beginning_is_prefilled_once(tiny: tuple[Any, Any]) -> None:
     enc = tokenizer(prompts, return_tensors="pt", padding=True)
     model.forward = spy  # type: ignore[method-assign]
     try:
-        got = decode_continuous(model, enc.input_ids, enc.attention_mask, GenParams(max_new_tokens=NEW_TOKENS),
+        got = decode(model, enc.input_ids, enc.attention_mask, GenParams(max_new_tokens=NEW_TOKENS),
                                 max_rows=3, prefill_rows=2)
     finally:
         del model.forward

@@ -1,6 +1,6 @@
 """What the decode loops assume about transformers' internals (issue #17 item 4).
 
-models/kv_cache.py subclasses `DynamicLayer`, models/decode.py and models/continuous_decode.py build a
+models/kv_cache.py subclasses `DynamicLayer`, models/decode.py builds a
 `DynamicCache` from the config, hand it to the forward under its current name, select and append batch rows,
 and models/fast_llama.py reads the Llama modules by name. None of that is public API: the forward's cache
 argument was already renamed once inside 5.x (`past_key_values` → `cache`, 5.24). Several of these would not
@@ -70,7 +70,7 @@ def test_the_forward_takes_and_returns_the_cache_under_a_known_name(llama: Any) 
                      **{cache_arg(llama): returned})
         assert output_cache(step).layers[0].get_seq_length() == 5, "a decode step did not append to the cache"
     returned.batch_select_indices(torch.tensor([0]))
-    layer.keys = torch.cat([layer.keys, layer.keys])  # models/decode.py _concat_cache_rows assigns whole tensors
+    layer.keys = torch.cat([layer.keys, layer.keys])  # models/decode.py's _Batch assigns whole tensors
     assert layer.keys.shape[0] == 2
 
 
