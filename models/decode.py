@@ -290,7 +290,6 @@ def _new_dynamic_cache(model: Any) -> Any:
 MIN_SHARED_PREFIX = 32
 
 
-
 class _Batch:
     """The running rows: their cache, mask, next positions, last tokens and selection state."""
 

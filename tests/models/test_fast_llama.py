@@ -80,6 +80,11 @@ def test_a_row_leaving_keeps_the_others_right(int4_llama: tuple[Any, Any, Path])
         alone = decode(model, one.input_ids, one.attention_mask, params, stop_token_ids=stops, stepper=stepper)[0]
         assert mixed[i] == alone
     assert len(mixed[1]) == 2  # row 1 stopped at its third token
+    # A job batch is prefilled a few rows at a time (replies are served in between): the groups, each padded
+    # to its own longest prompt, join one cache before the int4 steps start; the rows come out the same.
+    chunked = decode(model, enc.input_ids, enc.attention_mask, params, stop_token_ids=stops, stepper=stepper,
+                     prefill_rows=1, should_stop=lambda: False)
+    assert chunked == mixed
 
 
 def test_backend_uses_the_stepper_only_for_int4_llama(int4_llama: tuple[Any, Any, Path]) -> None:
