@@ -7,8 +7,6 @@ from __future__ import annotations
 import itertools
 import time
 
-import pytest
-
 from bot.app import App
 from bot.config import Settings
 from bot.discord_adapter import EDIT_INTERVAL, MESSAGE_LIMIT, DiscordAdapter, split_discord
@@ -16,11 +14,6 @@ from models.fake import FakeBackend
 from tests.discord.helpers import MESSAGE, MESSAGES, assert_no_pings, mention
 from tests.fakes.clock import ManualClock
 from tests.fakes.discord_payloads import DiscordHarness, RecordedRequest, RestReply
-
-pytestmark = pytest.mark.skipif(
-    not hasattr(FakeBackend, "stream"),
-    reason="core support missing: FakeBackend.stream / Dispatcher.handle(on_partial=...) not in this tree",
-)
 
 
 def _timed(h: DiscordHarness) -> list[tuple[float, RecordedRequest]]:
