@@ -44,21 +44,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import itertools
 import os
 import random
 import re
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from _common import NAMES, REPO, emit, log, machine, percentile, rounded, seed_history, user_message
+from _common import NAMES, emit, log, machine, percentile, rounded, seed_history, user_message
+
+from tests.membot_process import WebhookReplica
+from tests.ports import free_port
 
 TOKEN = "6262626262:AAH-bench-processes-SECRET"
 SECRET = "bench-processes-webhook-secret"
@@ -101,12 +102,6 @@ def _when(line: str) -> float:
         return time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S")) + int(millis) / 1000
     except ValueError:
         return 0.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _cpu_of(pid: int) -> tuple[int, float]:
@@ -157,17 +152,15 @@ class CpuMeter:
         return used
 
 
-class Replica:
+class Replica(WebhookReplica):
     """One `membot run` process: a Telegram webhook replica on its own port."""
 
     def __init__(self, folder: Path, name: str, storage: str, telegram: Any, jobs_interval: str,
                  unthrottled: bool = False) -> None:
         self.name = name
-        self.unthrottled = unthrottled
-        self.port = _free_port()
-        self.config = folder / f"{name}.toml"
-        self.log = folder / f"{name}.log"
-        self.config.write_text(
+        port = free_port()
+        config = folder / f"{name}.toml"
+        config.write_text(
             f"""
 {storage}
 [model]
@@ -182,44 +175,12 @@ base_file_url = "{telegram.base_file_url}"
 mode = "webhook"
 webhook_url = "https://bot.example.invalid/hook"
 webhook_listen = "127.0.0.1"
-webhook_port = {self.port}
+webhook_port = {port}
 webhook_secret_env = "MEMBOT_BENCH_WEBHOOK_SECRET"
 """, encoding="utf-8")
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if k not in ("DISCORD_BOT_TOKEN", "MEMBOT_CONFIG")}
-        env.update(TELEGRAM_BOT_TOKEN=TOKEN, MEMBOT_BENCH_WEBHOOK_SECRET=SECRET)
-        with self.log.open("ab") as out:
-            program = ["-c", UNTHROTTLED] if self.unthrottled else ["-m", "bot.cli"]
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, *program, "--config", str(self.config), "run",
-                cwd=REPO, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=out)
-
-    async def ready(self, http: Any) -> None:
-        import aiohttp
-
-        for _ in range(1200):
-            with contextlib.suppress(aiohttp.ClientError):
-                async with http.post(f"http://127.0.0.1:{self.port}/hook", data=b"{}") as resp:
-                    if resp.status == 403:  # listening (and checking the secret)
-                        return
-            if self.proc is None or self.proc.returncode is not None:
-                raise RuntimeError(f"{self.name} exited: {self.log.read_text()[-3000:]}")
-            await asyncio.sleep(0.1)
-        raise RuntimeError(f"{self.name} never listened: {self.log.read_text()[-3000:]}")
-
-    async def stop(self) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), 30)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-        return self.proc.returncode
+        super().__init__(config, folder / f"{name}.log",
+                         {"TELEGRAM_BOT_TOKEN": TOKEN, "MEMBOT_BENCH_WEBHOOK_SECRET": SECRET}, port,
+                         program=("-c", UNTHROTTLED) if unthrottled else ("-m", "bot.cli"))
 
     def log_records(self) -> list[list[str]]:
         """This process's log, one list of lines per record (a traceback stays with its record)."""
@@ -259,7 +220,7 @@ class Fleet:
     async def start(self, http: Any) -> float:
         start = time.perf_counter()
         await asyncio.gather(*(r.start() for r in self.replicas))
-        await asyncio.gather(*(r.ready(http) for r in self.replicas))
+        await asyncio.gather(*(r.ready(http, tries=1200) for r in self.replicas))
         return time.perf_counter() - start
 
     @property

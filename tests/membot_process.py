@@ -5,6 +5,7 @@ SIGTERM (the way an operator stops it) or killed with SIGKILL (the way a crash d
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -20,18 +21,21 @@ CLEARED = ("TELEGRAM_BOT_TOKEN", "DISCORD_BOT_TOKEN", "MEMBOT_CONFIG")
 
 class MembotRun:
     """One `python -m bot.cli --config CONFIG run`; `env` adds to this process's environment, without the
-    platforms' token variables (each test names the ones its processes use)."""
+    platforms' token variables (each test names the ones its processes use). `program` replaces `-m bot.cli`
+    with another way to reach the same CLI (a benchmark's launcher that patches something first)."""
 
-    def __init__(self, config: Path, log: Path, env: Mapping[str, str]) -> None:
+    def __init__(self, config: Path, log: Path, env: Mapping[str, str],
+                 program: Sequence[str] = ("-m", "bot.cli")) -> None:
         self.config = config
         self.log = log
+        self.program = tuple(program)
         self.env = {k: v for k, v in os.environ.items() if k not in CLEARED} | {"PYTHONPATH": str(REPO), **env}
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
         with self.log.open("ab") as log:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "bot.cli", "--config", str(self.config), "run",
+                sys.executable, *self.program, "--config", str(self.config), "run",
                 cwd=REPO, env=self.env, stdout=asyncio.subprocess.DEVNULL, stderr=log)
 
     @property
@@ -58,6 +62,27 @@ class MembotRun:
 
     def tail(self, chars: int = 3000) -> str:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
+
+class WebhookReplica(MembotRun):
+    """`membot run` in Telegram webhook mode, listening on `port` of 127.0.0.1 (its config says so)."""
+
+    def __init__(self, config: Path, log: Path, env: Mapping[str, str], port: int,
+                 program: Sequence[str] = ("-m", "bot.cli")) -> None:
+        super().__init__(config, log, env, program)
+        self.port = port
+
+    async def ready(self, http: aiohttp.ClientSession, tries: int = 600) -> None:
+        """Wait until it listens: a post without the secret is refused (403) once the webhook is up."""
+        for _ in range(tries):
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.post(f"http://127.0.0.1:{self.port}/hook", data=b"{}") as resp:
+                    if resp.status == 403:
+                        return
+            if not self.running:
+                raise RuntimeError(f"the replica on {self.port} exited: {self.tail()}")
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"the replica on {self.port} never listened: {self.tail()}")
 
 
 async def post_update(http: aiohttp.ClientSession, ports: Sequence[int], update: dict[str, Any], secret: str,

@@ -15,10 +15,11 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
+
+from tests.ports import free_port
 
 REQUIRED_ENV = "MEMBOT_TEST_POSTGRES"
 
@@ -35,12 +36,6 @@ def binaries() -> Path | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Cluster:
     """`start()` returns the URL of its `postgres` database (user `membot`, trust auth on 127.0.0.1)."""
 
@@ -48,7 +43,7 @@ class Cluster:
         self.bindir = bindir
         self.folder = Path(tempfile.mkdtemp(prefix="membot-pg-"))
         self.data = self.folder / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self.as_root = os.geteuid() == 0
         if self.as_root:
             owner = pwd.getpwnam("postgres")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -30,6 +29,7 @@ from models.openai_backend import OpenAIBackend, retry_after
 from models.profiles import get_profile
 from models.profiles.base import ReplyInput, SessionInput
 from tests.fakes.openai_server import FakeOpenAIServer
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 KEY = "sk-test-SECRET-4242"
@@ -46,12 +46,6 @@ def _backend(server: FakeOpenAIServer, **kwargs: object) -> OpenAIBackend:
     options: dict[str, object] = {"api_key": KEY, "backoff": 0.05, "timeout": 5.0}
     options.update(kwargs)
     return OpenAIBackend(server.base_url, "fake-model", **options)  # type: ignore[arg-type]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _chat(text: str) -> Prompt:
@@ -147,7 +141,7 @@ def test_too_many_failures_raise_backend_error(server: FakeOpenAIServer) -> None
 
 
 def test_a_down_server_raises_backend_error_quickly() -> None:
-    backend = OpenAIBackend(f"http://127.0.0.1:{_free_port()}/v1", "m", backoff=0.01, max_retries=2)
+    backend = OpenAIBackend(f"http://127.0.0.1:{free_port()}/v1", "m", backoff=0.01, max_retries=2)
     started = time.monotonic()
     try:
         with pytest.raises(BackendError, match="cannot reach"):
@@ -155,7 +149,7 @@ def test_a_down_server_raises_backend_error_quickly() -> None:
     finally:
         backend.close()
     assert time.monotonic() - started < 5
-    unnamed = OpenAIBackend(f"http://127.0.0.1:{_free_port()}/v1", None, backoff=0.01, max_retries=1)
+    unnamed = OpenAIBackend(f"http://127.0.0.1:{free_port()}/v1", None, backoff=0.01, max_retries=1)
     try:
         with pytest.raises(BackendError, match="cannot reach"):  # asking the server for its model name
             unnamed.generate([_chat("hi")], GREEDY)
@@ -262,7 +256,7 @@ def test_from_settings_reads_the_key_from_the_named_variable(
 
 
 def test_closing_stops_waiting_retries() -> None:
-    backend = OpenAIBackend(f"http://127.0.0.1:{_free_port()}/v1", "m", backoff=5.0, max_retries=3)
+    backend = OpenAIBackend(f"http://127.0.0.1:{free_port()}/v1", "m", backoff=5.0, max_retries=3)
     threading.Timer(0.3, backend.close).start()
     started = time.monotonic()
     with pytest.raises(BackendError):
@@ -274,7 +268,7 @@ async def test_server_down_means_an_apology_and_waiting_jobs(tmp_path: Path) -> 
     """Nothing is lost: the message is stored, the reply is an apology, the memory job is postponed."""
     settings = load_settings(None, overrides={
         "storage.path": str(tmp_path / "db.sqlite3"), "model.backend": "openai",
-        "model.base_url": f"http://127.0.0.1:{_free_port()}/v1", "model.name": "m",
+        "model.base_url": f"http://127.0.0.1:{free_port()}/v1", "model.name": "m",
         "sessions.inactivity_timeout": 60, "logging.level": "WARNING",
     })
     app = await App.create(settings)

@@ -15,8 +15,6 @@ membot chooses the second; the window is one database write.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 import time
 from collections import Counter
 from pathlib import Path
@@ -25,17 +23,12 @@ import aiohttp
 
 from memory.store import Store
 from tests.fakes.telegram_api import FakeTelegramServer
-from tests.membot_process import MembotRun, post_update
+from tests.membot_process import WebhookReplica, post_update
+from tests.ports import free_port
 
 TOKEN = "5151515151:AAH-multiprocess-SECRET"
 SECRET = "multiprocess-webhook-secret"
 PEOPLE, MESSAGES, REPLICAS = 50, 10, 3
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _config(tmp: Path, server: FakeTelegramServer, url: str, port: int) -> Path:
@@ -63,21 +56,11 @@ webhook_secret_env = "MEMBOT_TEST_WEBHOOK_SECRET"
     return path
 
 
-class Replica(MembotRun):
+class Replica(WebhookReplica):
     def __init__(self, tmp: Path, server: FakeTelegramServer, url: str) -> None:
-        self.port = _free_port()
-        super().__init__(_config(tmp, server, url, self.port), tmp / f"replica-{self.port}.log",
-                         {"TELEGRAM_BOT_TOKEN": TOKEN, "MEMBOT_TEST_WEBHOOK_SECRET": SECRET})
-
-    async def ready(self, http: aiohttp.ClientSession) -> None:
-        for _ in range(600):
-            with contextlib.suppress(aiohttp.ClientError):
-                async with http.post(f"http://127.0.0.1:{self.port}/hook", data=b"{}") as resp:
-                    if resp.status == 403:  # listening (and checking the secret)
-                        return
-            assert self.running, self.tail()
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"replica on {self.port} never listened: {self.tail()}")
+        port = free_port()
+        super().__init__(_config(tmp, server, url, port), tmp / f"replica-{port}.log",
+                         {"TELEGRAM_BOT_TOKEN": TOKEN, "MEMBOT_TEST_WEBHOOK_SECRET": SECRET}, port)
 
     async def kill_after(self, delay: float) -> float:
         """SIGKILL after `delay` seconds; returns the time of the kill."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,6 +26,7 @@ from tests.fakes.discord_payloads import BOT_ID, GUILD_ID, message_payload
 from tests.fakes.discord_server import FakeDiscordServer, patch_discord_urls
 from tests.fakes.openai_server import FakeOpenAIServer
 from tests.fakes.telegram_api import FakeTelegramServer
+from tests.ports import free_port
 
 USER = 4242
 
@@ -74,12 +74,6 @@ async def test_model_down_apologises_keeps_everything_and_jobs_back_off(
     assert "Profile:" in (await app.dispatcher.handle(_msg("/memory"))).text
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_model_server_slow_then_back(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with FakeOpenAIServer() as server:
         settings = load_settings(None, overrides={
@@ -106,7 +100,7 @@ async def test_model_server_slow_then_back(tmp_path: Path, caplog: pytest.LogCap
 
 
 async def test_model_server_down_then_started(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     settings = load_settings(None, overrides={
         "storage.path": str(tmp_path / "db.sqlite3"), "model.backend": "openai",
         "model.base_url": f"http://127.0.0.1:{port}/v1", "model.name": "fake-model",

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from memory.schema import SCHEMA_VERSION
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -105,14 +105,8 @@ def test_jobs_run_beside_another_does_not_redo_its_jobs(tmp_path: Path) -> None:
         assert conn.execute("SELECT COUNT(*) FROM jobs WHERE state != 'done'").fetchone()[0] == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_a_second_membot_run_is_refused_and_the_tools_work_beside_it(tmp_path: Path) -> None:
-    cfg = _config(tmp_path, telegram_port=_free_port())  # nothing listens: the bot keeps waiting for Telegram
+    cfg = _config(tmp_path, telegram_port=free_port())  # nothing listens: the bot keeps waiting for Telegram
     chat = _membot(cfg, "chat", "--user", "alice", stdin="I live in Lyon.\n/end\n")
     assert chat.returncode == 0, chat.stderr
     env = {**_env(), "TELEGRAM_BOT_TOKEN": "123:ABC"}

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import socket
 import time
 
 import aiohttp
@@ -31,6 +30,7 @@ from bot.telegram_adapter import (
 )
 from models.fake import FakeBackend
 from tests.fakes.telegram_api import FakeTelegramServer
+from tests.ports import free_port
 from tests.telegram.conftest import ADMIN, GROUP, OTHER, USER, StartBot, say
 
 BOT = "membot_test_bot"
@@ -438,17 +438,11 @@ async def test_streamed_reply_past_4096_characters_continues_in_new_messages(
 # -- webhook --------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def test_webhook_mode_receives_updates_with_the_secret(
     start_bot: StartBot, fake_telegram: FakeTelegramServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TEST_TG_SECRET", "s3cret-token")
-    port = _free_port()
+    port = free_port()
     await start_bot(mode="webhook", webhook_url="https://bot.example.invalid/tg/hook", webhook_listen="127.0.0.1",
                     webhook_port=port, webhook_secret_env="TEST_TG_SECRET")
     (hook,) = fake_telegram.calls_of("setWebhook")
@@ -478,7 +472,7 @@ async def test_webhook_drops_forged_updates_from_another_person(
     """Someone who knows the secret (or reaches an unprotected port) posts an update "from" Alice, or from the
     admin, into their own private chat: it is dropped and logged, and nothing of Alice's reaches them."""
     monkeypatch.setenv("TEST_TG_SECRET", "s3cret-token")
-    port = _free_port()
+    port = free_port()
     adapter = await start_bot(mode="webhook", webhook_url="https://bot.example.invalid/tg/hook",
                               webhook_listen="127.0.0.1", webhook_port=port, webhook_secret_env="TEST_TG_SECRET")
     url, headers = f"http://127.0.0.1:{port}/tg/hook", {"X-Telegram-Bot-Api-Secret-Token": "s3cret-token"}

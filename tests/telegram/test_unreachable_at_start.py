@@ -6,20 +6,14 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 
 from tests.fakes.telegram_api import FakeTelegramServer
+from tests.ports import free_port
 from tests.telegram.conftest import USER, say
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _read(path: Path) -> str:
@@ -36,7 +30,7 @@ async def _wait_for(path: Path, text: str, seconds: float) -> str:
 
 
 async def test_an_unreachable_platform_is_waited_for_not_fatal(tmp_path: Path) -> None:
-    port = _free_port()  # nothing listens there yet
+    port = free_port()  # nothing listens there yet
     config = tmp_path / "membot.toml"
     config.write_text(
         f'[storage]\npath = "{tmp_path / "db.sqlite3"}"\n[model]\nbackend = "fake"\n[logging]\nlevel = "INFO"\n'
