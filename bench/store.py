@@ -45,16 +45,11 @@ from _common import (
     user_message,
 )
 
+from memory.store import inserted
+
 SESSION_TURNS = 20
 CHUNK = 20_000
 PROGRESS = 100_000  # a line on stderr every this many messages
-
-
-async def inserted(db: Any, sql: str, params: tuple[Any, ...]) -> int:
-    """The id an `INSERT ... RETURNING id` made (both backends; PostgreSQL's results have no lastrowid)."""
-    async with db.execute(sql, params) as cur:
-        row = await cur.fetchone()
-    return int(row[0])
 
 
 class Builder:

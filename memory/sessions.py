@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from memory.jobqueue import JobKind, enqueue, requeue_expired
-from memory.store import Store, Tx
+from memory.store import Store, Tx, inserted
 
 Clock = Callable[[], float]
 PRIVATE_KINDS = frozenset({"dm", "console"})
@@ -64,14 +64,6 @@ async def _upsert_chat(
     async with db.execute(
         "SELECT id FROM chats WHERE platform = ? AND platform_chat_id = ?", (platform, chat_id)
     ) as cur:
-        row = await cur.fetchone()
-    assert row is not None
-    return int(row[0])
-
-
-async def _inserted(db: Tx, sql: str, params: tuple[object, ...]) -> int:
-    """The id of the row an `INSERT ... RETURNING id` made."""
-    async with db.execute(sql, params) as cur:
         row = await cur.fetchone()
     assert row is not None
     return int(row[0])
@@ -132,7 +124,7 @@ class SessionManager:
                 if seen is not None:
                     return Recorded(user_pk, chat_pk, int(seen[1]), int(seen[0]), chat_kind in PRIVATE_KINDS, True)
             session_id, new = await self._current_session(db, user_pk, chat_pk, chat_kind, now)
-            message_id = await _inserted(db,
+            message_id = await inserted(db,
                 "INSERT INTO messages(session_id, user_id, chat_id, author, text, created, platform_message_id) "
                 "VALUES (?, ?, ?, 'user', ?, ?, ?) RETURNING id",
                 (session_id, user_pk, chat_pk, text, now, platform_message_id),
@@ -195,7 +187,7 @@ class SessionManager:
             if now - float(row[1]) <= self.timeout:
                 return int(row[0]), False
             await close_session_tx(db, int(row[0]), user_pk, float(row[1]), "inactivity")
-        session_id = await _inserted(db,
+        session_id = await inserted(db,
             "INSERT INTO sessions(user_id, chat_id, private, started, last_activity) VALUES (?, ?, ?, ?, ?) "
             "RETURNING id",
             (user_pk, chat_pk, int(chat_kind in PRIVATE_KINDS), now, now),
@@ -211,7 +203,7 @@ class SessionManager:
                 row = await cur.fetchone()
             if row is None:  # forgotten while the reply was being generated: store nothing
                 return 0
-            message_id = await _inserted(db,
+            message_id = await inserted(db,
                 "INSERT INTO messages(session_id, user_id, chat_id, author, text, created, platform_message_id, "
                 "reply_to) VALUES (?, ?, ?, 'bot', ?, ?, ?, ?) RETURNING id",
                 (recorded.session_id, recorded.user_pk, recorded.chat_pk, text, now, platform_message_id,

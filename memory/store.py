@@ -61,6 +61,14 @@ class Tx(Protocol):
         ...
 
 
+async def inserted(db: Tx, sql: str, params: Iterable[Any]) -> int:
+    """The id of the row an `INSERT ... RETURNING id` made (PostgreSQL's results have no `lastrowid`)."""
+    async with db.execute(sql, params) as cur:
+        row = await cur.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def is_postgres(target: str | Path) -> bool:
     return str(target).startswith(("postgresql://", "postgres://"))
 
