@@ -43,6 +43,12 @@ TURN_WAIT = 300.0  # seconds a reply waits for the same person's previous one in
 TURN_POLL = 0.02  # seconds between tries meanwhile
 
 
+def _number(text: str, bits: int) -> int:
+    """A number of `bits` bits for `text`, the same in every process (Python's hash() is not): advisory-lock
+    keys for names."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> (64 - bits)
+
+
 @functools.lru_cache(maxsize=2048)
 def positional(sql: str) -> str:
     """`?` placeholders as PostgreSQL's `$1, $2...`; a `?` inside a quoted literal is left alone."""
@@ -247,7 +253,7 @@ class PostgresStore(Store):
         process holds it (only when the same person writes to two processes at once). Waiting longer than
         `TURN_WAIT` (a stuck process elsewhere), or a failing server, answers out of order rather than not
         at all. A process that dies releases its turns with its connection."""
-        objid = int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big", signed=True)
+        objid = _number(key, 32) - (1 << 31)  # the second key of pg_advisory_lock(int, int) is a signed int
         loop = asyncio.get_running_loop()
         deadline, locked, holder = loop.time() + TURN_WAIT, False, None
         try:
@@ -280,7 +286,7 @@ class PostgresStore(Store):
     @asynccontextmanager
     async def exclusive(self, name: str) -> AsyncIterator[bool]:  # type: ignore[override]
         """A session-level advisory lock, tried without waiting, held on its own connection meanwhile."""
-        key = _EXCLUSIVE + (functools.reduce(lambda h, c: (h * 131 + ord(c)) % (1 << 40), name, 7))
+        key = _EXCLUSIVE + _number(name, 40)
         async with self.pool.acquire() as conn:
             got = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", key))
             try:
