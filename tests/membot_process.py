@@ -36,7 +36,8 @@ class MembotRun:
         with self.log.open("ab") as log:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, *self.program, "--config", str(self.config), "run",
-                cwd=REPO, env=self.env, stdout=asyncio.subprocess.DEVNULL, stderr=log)
+                cwd=REPO, env=self.env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                stderr=log)
 
     @property
     def running(self) -> bool:

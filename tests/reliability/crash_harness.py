@@ -46,7 +46,6 @@ import json
 import os
 import platform
 import random
-import signal
 import sqlite3
 import sys
 import tempfile
@@ -59,9 +58,9 @@ from typing import Any
 from memory.fts import register as register_fts
 from memory.store import Store, is_postgres
 from tests.fakes.telegram_api import FakeTelegramServer
+from tests.membot_process import MembotRun
 from tests.reliability import netaudit
 
-REPO = Path(__file__).resolve().parents[2]
 TOKEN = "4242424242:AAH-crash-drill-SECRET-token"
 BOT_USERNAME = "membot_test_bot"
 GROUP = -1001234567890
@@ -129,39 +128,26 @@ poll_timeout = 1
 
 
 class Bot:
-    """One `membot run` process (under netaudit), started and killed by the harness."""
+    """One `membot run` process (under netaudit) at a time, started and killed by the harness; each start
+    logs to its own file."""
 
     def __init__(self, work: Path, config: Path) -> None:
         self.work = work
         self.config = config
-        self.proc: asyncio.subprocess.Process | None = None
+        self.run: MembotRun | None = None
 
     async def start(self, name: str) -> None:
-        env = {k: v for k, v in os.environ.items() if k not in ("DISCORD_BOT_TOKEN", "MEMBOT_CONFIG")}
-        env["TELEGRAM_BOT_TOKEN"] = TOKEN
-        env["PYTHONPATH"] = str(REPO)
-        with (self.work / f"{name}.log").open("wb") as log:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "tests.reliability.netaudit", "--log", str(self.work / "net.jsonl"), "--",
-                "--config", str(self.config), "run",
-                cwd=REPO, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=log,
-            )
+        self.run = MembotRun(self.config, self.work / f"{name}.log", {"TELEGRAM_BOT_TOKEN": TOKEN},
+                             program=("-m", "tests.reliability.netaudit", "--log", str(self.work / "net.jsonl"), "--"))
+        await self.run.start()
 
     async def kill(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGKILL)
-            await self.proc.wait()
+        if self.run is not None and self.run.running:
+            await self.run.kill()
 
     async def stop(self, timeout: float = 30) -> int:  # noqa: ASYNC109
-        assert self.proc is not None
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), timeout)
-            except TimeoutError:
-                await self.kill()
-                return -9
-        return int(self.proc.returncode or 0)
+        assert self.run is not None
+        return int(await self.run.stop(timeout) or 0)
 
 
 class Db:
