@@ -52,9 +52,7 @@ class App:
         for model in (settings.model, settings.memory_model):
             if model is not None and model.backend == "openai" and model.api_key_env:
                 redact_in_logs(os.environ.get(model.api_key_env))  # the model server's API key
-        password = settings.storage.password()
-        redact_in_logs(password)  # the database's password, if any
-        store = await Store.open(settings.storage.target(), password=password)
+        store = await Store.open(settings.storage.target(), password=settings.storage.password())
         try:
             backend = backend or build_backend(settings.model)
             worker = ModelWorker(backend, max_batch=settings.model.max_batch, batch_wait_ms=settings.model.batch_wait_ms)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import NoReturn, TextIO
 
 from bot.config import ConfigError, Settings, load_settings
-from bot.text import redact, redact_in_logs
+from bot.text import redact
 
 log = logging.getLogger("membot")
 
@@ -249,10 +249,9 @@ class JobsProgress:
 
 async def _db_move(settings: Settings, args: argparse.Namespace) -> int:
     """`membot db migrate` (either backend) and `membot db copy --to URL` (SQLite to PostgreSQL)."""
-    from memory.store import Store, StoreError
+    from memory.store import Store, StoreError, is_postgres
 
     password = settings.storage.password()
-    redact_in_logs(password)
     if args.db_command == "migrate":
         store = await Store.open(settings.storage.target(), password=password)
         await store.close()
@@ -265,7 +264,7 @@ async def _db_move(settings: Settings, args: argparse.Namespace) -> int:
     if settings.storage.url is not None:
         print("membot: db copy reads the SQLite database (storage.path); unset storage.url for it", file=sys.stderr)
         return 2
-    if not args.to.startswith(("postgresql://", "postgres://")):
+    if not is_postgres(args.to):
         print("membot: --to takes a postgresql://user@host/database URL", file=sys.stderr)
         return 2
     source = settings.storage.resolved_path()

@@ -140,9 +140,14 @@ class StorageSettings(Section):
         return self.url if self.url else self.resolved_path()
 
     def password(self) -> str | None:
+        """The database password from `password_env`; once read it is redacted from every log line."""
+        from bot.text import redact_in_logs
+
         if not self.password_env:
             return None
-        return os.environ.get(self.password_env) or None
+        password = os.environ.get(self.password_env) or None
+        redact_in_logs(password)
+        return password
 
     def resolved_path(self) -> Path:
         """Default to the user's data directory (XDG_DATA_HOME honoured) so no config is needed."""

@@ -179,3 +179,19 @@ def test_int4_says_beside_the_option_that_its_output_depends_on_the_batch() -> N
     text = EXAMPLE.read_text(encoding="utf-8")
     block = text[: text.index('# quantize = "none"')].rsplit("\n\n", 1)[-1]
     assert "not batch-invariant" in block and "int4" in block
+
+
+def test_the_database_password_is_redacted_from_logs_once_read(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whoever reads it (the app, `membot db migrate/copy`), the password from storage.password_env never
+    reaches a log line: asyncpg's errors can quote the connection's parameters."""
+    import logging
+
+    monkeypatch.setenv("MEMBOT_TEST_DB_PASSWORD", "pw-REDACT-zq91x")
+    settings = load_settings(None, overrides={"storage.url": "postgresql://membot@db.invalid/membot",
+                                              "storage.password_env": "MEMBOT_TEST_DB_PASSWORD"})
+    assert settings.storage.password() == "pw-REDACT-zq91x"
+    with caplog.at_level(logging.INFO):
+        logging.getLogger("asyncpg").info("connect failed: password=%s", "pw-REDACT-zq91x")
+    assert "pw-REDACT-zq91x" not in caplog.text and "[redacted]" in caplog.text
