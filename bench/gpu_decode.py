@@ -26,7 +26,8 @@ measurements, so what runs out of time is the least important):
    (1-3 for the small model, then the large one)
 4. the reply-during-a-job figure (small model);
 5. ``hf_static``: ``generate(cache_implementation="static", disable_compile=True)``;
-6. ``hf_static_compiled``: ``generate(cache_implementation="static")``; on CUDA transformers then compiles
+6. ``hf_static_compiled``: ``generate(cache_implementation="static")``, the bot's own GPU path since
+   2026-12-05 (models/transformers_backend.py: pick_decode); on CUDA transformers then compiles
    the decode step itself with ``torch.compile(mode="reduce-overhead")`` (its default CompileConfig), which
    is what ``model.forward = torch.compile(model.forward, mode="reduce-overhead")`` would do for the decode
    steps; the warm-up time is the compilation. Each compilation runs under its own time limit.
@@ -402,7 +403,8 @@ class IdsBackend:
         self.reached = threading.Event()
 
     def generate(self, prompts: Any, params: Any, *, on_text: Any = None,
-                 between_steps: Callable[[], None] | None = None, max_rows: int | None = None) -> list[Any]:
+                 between_steps: Callable[[], None] | None = None, max_rows: int | None = None,
+                 cancelled: Callable[[], bool] | None = None) -> list[Any]:
         import torch
 
         from models.base import Generation, GenParams

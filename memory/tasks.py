@@ -20,7 +20,7 @@ from memory.evidence import Evidence
 from memory.facts import compose, extract, session_facts
 from memory.jobqueue import JobState, drop, finish, job_row, postpone, queue_compression, retry
 from memory.store import Forgotten, Store
-from models.base import BackendError, Generation, GenParams, Prompt
+from models.base import BackendError, Cancelled, Generation, GenParams, Prompt
 from models.profiles.base import CompressionInput, CompressionOutput, Profile, SessionInput
 from models.worker import Priority
 
@@ -105,6 +105,11 @@ def fallback_facts(item: SessionInput, backbone: Sequence[str] = ()) -> list[str
     return [f"{speaker} said: {text[:300]}" for speaker, text in item.turns if speaker == item.user_name]
 
 
+def _backoff(exc: BackendError, retry_backoff: float) -> float:
+    """A model that failed is given time; jobs stopped because the bot is shutting down are due again at once."""
+    return 0.0 if isinstance(exc, Cancelled) else retry_backoff
+
+
 async def _record_output(store: Store, job_id: int, user_pk: int, task: str, raw: str, reason: str, now: float) -> None:
     try:
         async with store.write() as db:
@@ -152,8 +157,8 @@ async def write_session_memories(
         try:
             outputs = await generator.generate(prompts, params, Priority.JOB)
         except BackendError as exc:
-            log.warning("session-memory jobs wait: %s", exc)
-            await postpone(store, [j.job_id for j in group], clock() + retry_backoff, str(exc))
+            log.log(logging.INFO if isinstance(exc, Cancelled) else logging.WARNING, "session-memory jobs wait: %s", exc)
+            await postpone(store, [j.job_id for j in group], clock() + _backoff(exc, retry_backoff), str(exc))
             report.waiting += len(group)
             continue
         report.model_calls += len(prompts)
@@ -292,8 +297,8 @@ async def compress_memories(
         try:
             outputs = await generator.generate(flat, params, Priority.JOB)
         except BackendError as exc:
-            log.warning("compression jobs wait: %s", exc)
-            await postpone(store, [j.job_id for j in group], clock() + retry_backoff, str(exc))
+            log.log(logging.INFO if isinstance(exc, Cancelled) else logging.WARNING, "compression jobs wait: %s", exc)
+            await postpone(store, [j.job_id for j in group], clock() + _backoff(exc, retry_backoff), str(exc))
             report.waiting += len(group)
             continue
         report.model_calls += len(flat)

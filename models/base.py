@@ -108,13 +108,21 @@ class BackendError(Exception):
     """The model could not answer (server down, out of memory...); callers apologise or retry later."""
 
 
+class Cancelled(BackendError):
+    """The request was withdrawn while it ran (its caller gave up, or the model worker is closing).
+
+    A BackendError, so code that retries or hands back work on a model failure does the same here."""
+
+
 @runtime_checkable
 class Engine(Protocol):
     """One model behind one call: the embedded/transformers engine, a model server, or the test fake.
 
     `generate` takes a batch of prompts and returns one Generation each. `on_text` (one prompt only) streams;
-    `between_steps` and `max_rows` serve job batches (see Capabilities). The model worker owns the queue,
-    the batching and the cancelling of requests not yet started.
+    `between_steps` and `max_rows` serve job batches (see Capabilities). `cancelled` is polled while the batch
+    runs (between decode steps locally, between streamed chunks or requests for a model server); once it
+    returns True the engine stops and raises Cancelled, so a withdrawn request frees the model within a step.
+    The model worker owns the queue, the batching and the withdrawing of requests.
     """
 
     name: str
@@ -124,6 +132,7 @@ class Engine(Protocol):
     def generate(
         self, prompts: Sequence[Prompt], params: GenParams, *, on_text: Callable[[str], None] | None = None,
         between_steps: Callable[[], None] | None = None, max_rows: int | None = None,
+        cancelled: Callable[[], bool] | None = None,
     ) -> list[Generation]: ...
 
     def count_tokens(self, text: str) -> int: ...

@@ -7,9 +7,10 @@ message through the session memory and the compressive memory into the next repl
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 
-from models.base import BackendError, Capabilities, Generation, GenParams, Prompt, TokenizerInfo
+from models.base import BackendError, Cancelled, Capabilities, Generation, GenParams, Prompt, TokenizerInfo
 
 
 class FakeBackend:
@@ -29,15 +30,23 @@ class FakeBackend:
     def generate(
         self, prompts: Sequence[Prompt], params: GenParams, *, on_text: Callable[[str], None] | None = None,
         between_steps: Callable[[], None] | None = None, max_rows: int | None = None,
+        cancelled: Callable[[], bool] | None = None,
     ) -> list[Generation]:
-        """Streamed (`on_text`): word by word, `stream_delay` apart, so adapters' throttled edits can be tested."""
+        """Streamed (`on_text`): word by word, `stream_delay` apart, so adapters' throttled edits can be tested.
+        `cancelled` is polled through the delays, as a real engine polls it between steps."""
+        def wait(seconds: float) -> None:
+            deadline = time.monotonic() + seconds
+            while (left := deadline - time.monotonic()) > 0:
+                if cancelled is not None and cancelled():
+                    raise Cancelled("the request was withdrawn")
+                threading.Event().wait(min(left, 0.01))
+
         with self._lock:
             self.calls.append((list(prompts), params))
             if self.fail_always or self.fail_next > 0:
                 self.fail_next = max(0, self.fail_next - 1)
                 raise BackendError("fake backend failure")
-        if self.delay:
-            threading.Event().wait(self.delay)
+        wait(self.delay)
         out = []
         for prompt in prompts:
             text = self.responder(prompt)
@@ -46,8 +55,7 @@ class FakeBackend:
             words = out[0].text.split(" ")
             for i in range(1, len(words) + 1):
                 on_text(" ".join(words[:i]))
-                if self.stream_delay:
-                    threading.Event().wait(self.stream_delay)
+                wait(self.stream_delay)
         return out
 
     def count_tokens(self, text: str) -> int:

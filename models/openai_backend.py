@@ -42,6 +42,7 @@ import httpx
 
 from models.base import (
     BackendError,
+    Cancelled,
     Capabilities,
     Generation,
     GenParams,
@@ -161,26 +162,34 @@ class OpenAIBackend:
     def generate(
         self, prompts: Sequence[Prompt], params: GenParams, *, on_text: Callable[[str], None] | None = None,
         between_steps: Callable[[], None] | None = None, max_rows: int | None = None,
+        cancelled: Callable[[], bool] | None = None,
     ) -> list[Generation]:
+        """`cancelled` is polled between streamed chunks, and every 50 ms while requests are out (a request
+        already sent is left to finish on the server; its answer is dropped)."""
         if not prompts:
             return []
         if on_text is not None:
             if len(prompts) != 1:
                 raise ValueError("streaming takes exactly one prompt")
-            return [self._stream(prompts[0], params, on_text)]
+            return [self._stream(prompts[0], params, on_text, cancelled)]
         self._check_open()
         model = self._model_name()
-        if len(prompts) == 1:
-            return [self._complete(prompts[0], params, model)]
         futures = [self._pool.submit(self._complete, p, params, model) for p in prompts]
         try:
+            while not all(f.done() for f in futures):
+                if cancelled is not None and cancelled():
+                    raise Cancelled("the request was withdrawn")
+                concurrent.futures.wait(futures, timeout=0.05, return_when=concurrent.futures.FIRST_EXCEPTION)
+                if any(f.done() and f.exception() is not None for f in futures):
+                    break
             return [f.result() for f in futures]
         except BaseException:
             for f in futures:
                 f.cancel()
             raise
 
-    def _stream(self, prompt: Prompt, params: GenParams, on_text: Callable[[str], None]) -> Generation:
+    def _stream(self, prompt: Prompt, params: GenParams, on_text: Callable[[str], None],
+                cancelled: Callable[[], bool] | None = None) -> Generation:
         """One prompt over server-sent events; `on_text` gets the growing text. Retried only before any text."""
         self._check_open()
         model = self._model_name()
@@ -192,6 +201,8 @@ class OpenAIBackend:
         def attempt(body: dict[str, Any]) -> None:
             nonlocal chunks
             for delta in self._sse(path, body):
+                if cancelled is not None and cancelled():
+                    raise Cancelled("the request was withdrawn")  # leaving the loop closes the stream
                 if delta:
                     pieces.append(delta)
                     chunks += 1

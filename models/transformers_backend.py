@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from models.base import BackendError, Capabilities, Generation, GenParams, Prompt, TokenizerInfo
+from models.base import BackendError, Cancelled, Capabilities, Generation, GenParams, Prompt, TokenizerInfo
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +69,32 @@ def pick_dtype(requested: str, device: str, quantize: str = "none", cpuinfo: str
     return torch.float32, "auto: this CPU has no bfloat16 instructions"
 
 
+def pick_decode(device: str, is_seq2seq: bool) -> str:
+    """How a model makes its tokens, and why.
+
+    "own": decoder-only models on a CPU run models/decode.py: replies, streamed replies and job batches alike
+    (so options such as quantize = "int4" apply to all three), with continuous batching and replies served
+    between a job batch's steps.
+    "static": decoder-only models on a GPU run transformers' generate() with its static cache, whose decode
+    steps transformers compiles (torch.compile, CUDA graphs) on CUDA. Measured on an H200 (docs/benchmarks.md,
+    "GPU"): 6.7x / 5.1x generate() at batch 1 / 64, where the own loop was 0.9-1.1x; a GPU step is launch
+    overhead that only compiled graphs remove. Left to transformers rather than own graph code.
+    "generate": seq2seq models (GODEL; the own loop has no encoder), and GPU models whose compilation failed.
+    """
+    if is_seq2seq:
+        return "generate"
+    if device.startswith("cuda"):
+        return "static"
+    return "own"
+
+
+DECODE_PATHS = ("own", "static", "generate")
+
+
 class TransformersBackend:
     """Wraps a loaded model and tokenizer; `load()` builds one from a name or folder."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, name: str, device: str, lean_decode: bool = True) -> None:
+    def __init__(self, model: Any, tokenizer: Any, *, name: str, device: str, decode: str | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
@@ -90,16 +112,18 @@ class TransformersBackend:
         self.max_positions = int(
             getattr(model.config, "max_position_embeddings", 0) or getattr(model.config, "n_positions", 0) or 2048
         )
-        # Decoder-only models run the own loop (models/decode.py): replies, streamed replies and job batches
-        # alike, so options such as quantize = "int4" apply to all three. Seq2seq models (GODEL) run
-        # transformers' generate(): the own loop has no encoder. lean_decode=False (benchmarks) does too.
+        self.decode = decode or pick_decode(device, self.is_seq2seq)
+        if self.decode not in DECODE_PATHS or (self.is_seq2seq and self.decode == "own"):
+            raise ValueError(f"decode {self.decode!r} is not one of {DECODE_PATHS} for this model")
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """Only the own loop yields between steps and refills finished rows; generate() runs a batch whole (on
+        a GPU a job batch is short: a reply waits for it, as with a model server)."""
         from models.decode import plain_cache
 
-        self.own_loop = lean_decode and not self.is_seq2seq
-        self.capabilities = Capabilities(
-            streaming=True, between_steps=self.own_loop,
-            continuous_batching=self.own_loop and plain_cache(model),
-        )
+        own = self.decode == "own"
+        return Capabilities(streaming=True, between_steps=own, continuous_batching=own and plain_cache(self.model))
 
     @classmethod
     def load(
@@ -198,11 +222,12 @@ class TransformersBackend:
     def generate(
         self, prompts: Sequence[Prompt], params: GenParams, *, on_text: Callable[[str], None] | None = None,
         between_steps: Callable[[], None] | None = None, max_rows: int | None = None,
+        cancelled: Callable[[], bool] | None = None,
     ) -> list[Generation]:
         """`on_text` (one prompt) gets the text as it grows. `between_steps`, when given, is called between the
         prefill's row chunks and between decode steps: the worker serves waiting replies there while a job
         batch is in progress. `max_rows` caps the rows decoding at once; the other prompts take the places of
-        finished rows."""
+        finished rows. `cancelled` is polled between steps on every path; True stops the batch (Cancelled)."""
         import torch
 
         if not prompts:
@@ -211,14 +236,14 @@ class TransformersBackend:
             raise ValueError("streaming takes exactly one prompt")
         try:
             batch = self.encode(prompts)
-            if self.own_loop:
-                rows = self._lean(batch, params, between_steps, max_rows, on_text)
+            if self.decode == "own":
+                rows = self._lean(batch, params, between_steps, max_rows, on_text, cancelled)
             else:
-                rows = self._generate(batch, params, on_text)
+                rows = self._generate(batch, params, on_text, cancelled)
         except torch.OutOfMemoryError as exc:
             raise BackendError("the model ran out of memory") from exc
         results = [self._finish(row, params) for row in rows]
-        results = self._retry_empty(prompts, params, results)
+        results = self._retry_empty(prompts, params, results, cancelled)
         if on_text is not None and results[0].text.strip():
             on_text(results[0].text)  # the final text, cut at the stop strings (or a retried sample)
         return results
@@ -230,7 +255,8 @@ class TransformersBackend:
                 text = text.split(stop, 1)[0]
         return Generation(text=text, new_tokens=len(row))
 
-    def _retry_empty(self, prompts: Sequence[Prompt], params: GenParams, results: list[Generation]) -> list[Generation]:
+    def _retry_empty(self, prompts: Sequence[Prompt], params: GenParams, results: list[Generation],
+                     cancelled: Callable[[], bool] | None = None) -> list[Generation]:
         """Sample again the rows that came back empty, when the profile asks for it (DialoGPT)."""
         retries = params.retry_empty
         if not retries or not params.do_sample:
@@ -242,17 +268,21 @@ class TransformersBackend:
                 break
             again = replace(params, retry_empty=0, seed=None if params.seed is None else params.seed + attempt)
             log.debug("retrying %d empty output(s), attempt %d", len(empty), attempt)
-            for i, generation in zip(empty, self.generate([prompts[i] for i in empty], again), strict=True):
+            retried = self.generate([prompts[i] for i in empty], again, cancelled=cancelled)
+            for i, generation in zip(empty, retried, strict=True):
                 results[i] = generation
         return results
 
     def _lean(self, batch: Any, params: GenParams, between_steps: Callable[[], None] | None = None,
-              max_rows: int | None = None, on_text: Callable[[str], None] | None = None) -> list[list[int]]:
+              max_rows: int | None = None, on_text: Callable[[str], None] | None = None,
+              cancelled: Callable[[], bool] | None = None) -> list[list[int]]:
         from models.decode import decode
 
         def poll() -> bool:
             if between_steps is not None:
                 between_steps()
+            if cancelled is not None and cancelled():
+                raise Cancelled("the request was withdrawn")
             return False
 
         def stream(rows: list[list[int]]) -> None:
@@ -263,7 +293,7 @@ class TransformersBackend:
 
         stops = self.stop_token_ids()
         ids, mask = batch["input_ids"], batch["attention_mask"]
-        should_stop = poll if between_steps is not None else None
+        should_stop = poll if between_steps is not None or cancelled is not None else None
         prefill_rows = PREFILL_ROWS if between_steps is not None else None
         if self.stepper is None:
             return decode(self.model, ids, mask, params, stop_token_ids=stops,
@@ -280,11 +310,12 @@ class TransformersBackend:
             ))
         return rows
 
-    def _generate(self, batch: Any, params: GenParams, on_text: Callable[[str], None] | None = None
-                  ) -> list[list[int]]:
-        """transformers' generate(): seq2seq models, and the `lean_decode=False` baseline of the benchmarks."""
+    def _generate(self, batch: Any, params: GenParams, on_text: Callable[[str], None] | None = None,
+                  cancelled: Callable[[], bool] | None = None) -> list[list[int]]:
+        """transformers' generate(): seq2seq models, and decoder-only models on a GPU (static cache, compiled)."""
         import torch
-        from transformers import TextStreamer
+        from torch._dynamo.exc import TorchDynamoException
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
 
         streamer = None
         if on_text is not None:
@@ -304,6 +335,19 @@ class TransformersBackend:
             "pad_token_id": self.tokenizer.pad_token_id,
             "eos_token_id": list(self.stop_token_ids()) or None,
         }
+        if self.decode == "static":
+            kwargs["cache_implementation"] = "static"
+        if cancelled is not None:
+
+            class _Withdrawn(StoppingCriteria):
+                """Polled by generate() after every step: raising leaves generate() at once."""
+
+                def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                    if cancelled():
+                        raise Cancelled("the request was withdrawn")
+                    return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+            kwargs["stopping_criteria"] = StoppingCriteriaList([_Withdrawn()])
         if params.do_sample:
             kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k or None)
             if params.seed is not None:
@@ -315,7 +359,18 @@ class TransformersBackend:
         if params.min_new_tokens:
             kwargs["min_new_tokens"] = params.min_new_tokens
         with torch.inference_mode():
-            out = self.model.generate(**batch, **kwargs)
+            try:
+                out = self.model.generate(**batch, **kwargs)
+            except TorchDynamoException as exc:
+                if self.decode != "static":
+                    raise
+                # Compiling needs a working toolchain (Triton on CUDA); without one, replies must still come.
+                cause = getattr(exc, "inner_exception", None) or exc.__cause__ or exc
+                log.warning("compiling the decode steps failed (%s: %s): decoding without the static cache from now on",
+                            type(cause).__name__, (str(cause).splitlines() or [""])[0][:200])
+                self.decode = "generate"
+                del kwargs["cache_implementation"]
+                out = self.model.generate(**batch, **kwargs)
         # seq2seq output starts with the decoder start token; causal output repeats the prompt.
         out = out[:, 1:] if self.is_seq2seq else out[:, batch["input_ids"].shape[1] :]
         stops = set(self.stop_token_ids()) | {self.tokenizer.pad_token_id}

@@ -7,7 +7,9 @@ yields to replies too: the local backend calls back between its prefill chunks a
 waiting replies are generated right there (the job's cache stays in memory meanwhile), so on a CPU a reply
 waits a decode step or a two-prompt prefill, not a whole batch of memory jobs. Other backends yield
 between batches. Job prompts are decoded with continuous batching where the backend has it: up to
-`max_batch` rows at once, a finished row's place taken at once by the next prompt.
+`max_batch` rows at once, a finished row's place taken at once by the next prompt. A running batch stops
+within a step when the worker closes or every caller waiting for it has given up (a person forgotten while
+their reply was generated), so the model is not kept busy for nobody.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from models.base import BackendError, Engine, Generation, GenParams, Prompt
+from models.base import BackendError, Cancelled, Engine, Generation, GenParams, Prompt
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,8 @@ class ModelWorker:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._nested_seconds = 0.0  # replies served inside job batches (not counted twice in busy_seconds)
+        # Futures already running whose callers gave up: a batch made only of these stops at its next step.
+        self._withdrawn: set[concurrent.futures.Future[Generation]] = set()
 
     @property
     def name(self) -> str:
@@ -123,7 +127,8 @@ class ModelWorker:
         priority: Priority = Priority.REPLY,
         on_text: Callable[[str], None] | None = None,
     ) -> list[Generation]:
-        """Queue the prompts and wait; cancelling the awaiting task withdraws those not yet started.
+        """Queue the prompts and wait; cancelling the awaiting task withdraws them: those not yet started are
+        dropped, a batch that has started stops at its next decode step once none of its prompts is wanted.
 
         `on_text` (one prompt only) receives the growing text from the inference thread as it is made.
         """
@@ -134,9 +139,15 @@ class ModelWorker:
         try:
             return list(await asyncio.gather(*(asyncio.wrap_future(f) for f in futures)))
         except BaseException:
-            for f in futures:
-                f.cancel()
+            self.withdraw(futures)
             raise
+
+    def withdraw(self, futures: Sequence[concurrent.futures.Future[Generation]]) -> None:
+        """Nobody waits for these any more: drop the queued ones, mark the running ones for the engine."""
+        with self._cond:
+            for f in futures:
+                if not f.cancel() and not f.done():
+                    self._withdrawn.add(f)
 
     def _take_batch(self, *, replies_only: bool = False) -> list[_Request] | None:
         """The next batch: blocks for work; with `replies_only`, returns at once ([] when no reply waits)."""
@@ -199,32 +210,42 @@ class ModelWorker:
     def _generate(self, batch: list[_Request]) -> list[Generation]:
         """One engine call for the batch, with what the engine can do: a streamed reply streams (or gets its
         text at the end), a job batch serves waiting replies between its steps and keeps `max_batch` rows
-        decoding."""
+        decoding. Every batch stops early when the worker closes or all its callers have given up."""
         caps, first = self.backend.capabilities, batch[0]
         prompts = [r.prompt for r in batch]
+
+        def cancelled() -> bool:
+            return self._stopping or all(r.future in self._withdrawn for r in batch)
+
         if first.on_text is not None:
             if caps.streaming:
-                return self.backend.generate(prompts, first.params, on_text=first.on_text)
-            results = self.backend.generate(prompts, first.params)
+                return self.backend.generate(prompts, first.params, on_text=first.on_text, cancelled=cancelled)
+            results = self.backend.generate(prompts, first.params, cancelled=cancelled)
             first.on_text(results[0].text)
             return results
         if first.priority >= Priority.JOB:
             return self.backend.generate(
                 prompts, first.params,
                 between_steps=self._serve_waiting_replies if caps.between_steps else None,
-                max_rows=self.max_batch if caps.continuous_batching else None,
+                max_rows=self.max_batch if caps.continuous_batching else None, cancelled=cancelled,
             )
-        return self.backend.generate(prompts, first.params)
+        return self.backend.generate(prompts, first.params, cancelled=cancelled)
 
     def _execute(self, batch: list[_Request]) -> None:
         started, nested = time.perf_counter(), self._nested_seconds
         try:
             results = self._generate(batch)
         except BaseException as exc:  # the thread must survive anything a backend raises
-            log.warning("generation failed for a batch of %d: %s", len(batch), exc)
-            error = exc if isinstance(exc, BackendError) else BackendError(f"generation failed: {exc}")
+            if isinstance(exc, Cancelled):
+                why = "the model worker is closing" if self._stopping else "its callers gave up"
+                log.info("stopped a batch of %d: %s", len(batch), why)
+                error: BackendError = Cancelled(why)
+            else:
+                log.warning("generation failed for a batch of %d: %s", len(batch), exc)
+                error = exc if isinstance(exc, BackendError) else BackendError(f"generation failed: {exc}")
             for request in batch:
                 request.future.set_exception(error)
+            self._settle(batch)
             return
         self.stats.batches += 1
         self.stats.prompts += len(batch)
@@ -233,3 +254,9 @@ class ModelWorker:
         for request, result in zip(batch, results, strict=True):
             self.stats.generated_tokens += result.new_tokens
             request.future.set_result(result)
+        self._settle(batch)
+
+    def _settle(self, batch: list[_Request]) -> None:
+        """Forget the batch's withdrawn futures (after they are resolved: `withdraw` skips resolved ones)."""
+        with self._cond:
+            self._withdrawn.difference_update(r.future for r in batch)

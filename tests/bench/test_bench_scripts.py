@@ -134,6 +134,9 @@ def test_startup_quick(embedded_cache: Path) -> None:
     assert result["cold"]["was_warm"] is False and result["warm"]["was_warm"] is True
     assert result["cold"]["reply_kind"] == result["warm"]["reply_kind"] == "reply"
     assert result["warm"]["peak_rss_mib"] > 0 and result["cold_over_warm"] > 0
+    (only,) = result["by_message"]
+    assert only["ready_s"]["cold"] > only["ready_s"]["warm"] > 0
+    assert result["lowest_cold_over_warm"] == only["cold_over_warm"]
 
 
 def test_personas_quick_on_the_fake_model(tmp_path: Path) -> None:

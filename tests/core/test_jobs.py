@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 
@@ -197,6 +198,29 @@ async def test_jobs_wait_when_the_model_is_down(settings, clock: ManualClock) ->
         assert report.session_memories.written == 1
     finally:
         await app.close()
+
+
+def _until_called(backend: FakeBackend, task: str) -> None:
+    """Block (in a thread) until the backend has been given a prompt of `task`."""
+    deadline = time.monotonic() + 10
+    while not any(batch[0].task == task for batch, _ in backend.calls) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+async def test_jobs_stopped_by_a_closing_model_are_due_again_at_once(
+    app: App, fake_backend: FakeBackend, clock: ManualClock
+) -> None:
+    """Shutting down mid-batch: the batch stops, its jobs are pending again with no back-off and no attempt."""
+    await app.dispatcher.handle(_msg("I love sailing."))
+    fake_backend.delay = 30.0  # a long batch, which the closing worker interrupts
+    clock.advance(120)
+    run = asyncio.ensure_future(app.jobs.run_due())
+    await asyncio.to_thread(_until_called, fake_backend, "session_memory")
+    await app.worker.close()
+    report = await asyncio.wait_for(run, 10)
+    assert report.session_memories.waiting == 1
+    row = await app.store.fetchone("SELECT state, not_before, attempts FROM jobs")
+    assert row is not None and row[0] == "pending" and row[1] <= clock() and row[2] == 0
 
 
 async def test_relative_dates_are_written_as_dates(app: App, clock: ManualClock) -> None:

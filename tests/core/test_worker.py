@@ -5,11 +5,23 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
-from models.base import BackendError, Capabilities, Engine, Generation, GenParams, Prompt, TokenizerInfo
+from models.base import (
+    BackendError,
+    Cancelled,
+    Capabilities,
+    Engine,
+    Generation,
+    GenParams,
+    Prompt,
+    TokenizerInfo,
+)
+from models.transformers_backend import TransformersBackend
 from models.worker import ModelWorker, Priority
+from tests.tiny_models import build_tiny_llama
 
 
 class GatedBackend:
@@ -25,7 +37,8 @@ class GatedBackend:
         self.batches: list[list[str]] = []
 
     def generate(self, prompts: Sequence[Prompt], params: GenParams, *, on_text: object = None,
-                 between_steps: object = None, max_rows: int | None = None) -> list[Generation]:
+                 between_steps: object = None, max_rows: int | None = None,
+                 cancelled: object = None) -> list[Generation]:
         if not self.batches:
             self.entered.set()
             self.gate.wait(5)
@@ -95,18 +108,8 @@ async def test_backend_errors_reach_the_caller_and_the_thread_survives() -> None
     await worker.close()
 
 
-async def test_a_job_batch_yields_to_a_reply_between_decode_steps(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from models.transformers_backend import TransformersBackend
-    from tests.tiny_models import build_tiny_llama
-
-    backend = TransformersBackend.load(build_tiny_llama(tmp_path / "llama"), device="cpu")
-    backend.model.generation_config.eos_token_id = None
-    backend.stop_token_ids = lambda: ()  # type: ignore[method-assign]  # every row runs its full length
-    job_params, reply_params = GenParams(max_new_tokens=150), GenParams(max_new_tokens=4)
-    jobs = [Prompt(text=f"session number {i} was about bees") for i in range(5)]
-    alone = backend.generate(jobs, job_params)
-
-    worker = ModelWorker(backend, batch_wait_ms=0)
+def _flag_between_steps(worker: ModelWorker) -> threading.Event:
+    """An event set once a job batch first calls back between its steps (it is running by then)."""
     polled = threading.Event()
     serve = worker._serve_waiting_replies
 
@@ -115,6 +118,17 @@ async def test_a_job_batch_yields_to_a_reply_between_decode_steps(tmp_path) -> N
         serve()
 
     worker._serve_waiting_replies = spy  # type: ignore[method-assign]
+    return polled
+
+
+async def test_a_job_batch_yields_to_a_reply_between_decode_steps(tmp_path: Path) -> None:
+    backend = _tiny_llama_backend(tmp_path / "llama")
+    job_params, reply_params = GenParams(max_new_tokens=150), GenParams(max_new_tokens=4)
+    jobs = [Prompt(text=f"session number {i} was about bees") for i in range(5)]
+    alone = backend.generate(jobs, job_params)
+
+    worker = ModelWorker(backend, batch_wait_ms=0)
+    polled = _flag_between_steps(worker)
     job_task = asyncio.ensure_future(worker.generate(jobs, job_params, Priority.JOB))
     await asyncio.to_thread(polled.wait, 10)  # the job batch is running (between its first prefill chunks)
     reply = await worker.generate([Prompt(text="hello")], reply_params)
@@ -134,8 +148,8 @@ class ContinuousBackend(GatedBackend):
         self.max_rows: list[int | None] = []
 
     def generate(self, prompts: Sequence[Prompt], params: GenParams, *, on_text: object = None,
-                 between_steps: object = None,
-                 max_rows: int | None = None) -> list[Generation]:
+                 between_steps: object = None, max_rows: int | None = None,
+                 cancelled: object = None) -> list[Generation]:
         self.max_rows.append(max_rows)
         return super().generate(prompts, params)
 
@@ -175,3 +189,53 @@ async def test_a_streamed_reply_on_an_engine_that_cannot_stream_gets_its_text_on
     out = await worker.generate([Prompt(text="hi there")], GenParams(), on_text=seen.append)
     assert seen == ["HI THERE"] and out[0].text == "HI THERE"
     await worker.close()
+
+
+def _tiny_llama_backend(folder: Path) -> TransformersBackend:
+    """A real model whose rows never end early: a long generation runs its whole length unless stopped."""
+    backend = TransformersBackend.load(build_tiny_llama(folder), device="cpu")
+    backend.model.generation_config.eos_token_id = None
+    backend.stop_token_ids = lambda: ()  # type: ignore[method-assign]
+    return backend
+
+
+@pytest.mark.parametrize("decode", ["own", "static"])
+async def test_a_running_reply_whose_caller_gave_up_stops_at_the_next_step(tmp_path: Path, decode: str) -> None:
+    """A person forgotten while their reply is generated: the model stops within a step and moves on."""
+    loaded = _tiny_llama_backend(tmp_path / "llama")
+    backend = TransformersBackend(loaded.model, loaded.tokenizer, name="tiny", device="cpu", decode=decode)
+    backend.stop_token_ids = lambda: ()  # type: ignore[method-assign]
+    worker = ModelWorker(backend, batch_wait_ms=0)
+    started = threading.Event()
+    steps: list[str] = []
+
+    def on_text(text: str) -> None:
+        steps.append(text)
+        started.set()
+
+    long = GenParams(max_new_tokens=200)
+    doomed = asyncio.ensure_future(worker.generate([Prompt(text="tell me everything")], long, on_text=on_text))
+    await asyncio.to_thread(started.wait, 10)
+    doomed.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await doomed
+    after = await worker.generate([Prompt(text="hello")], GenParams(max_new_tokens=3))
+    assert after[0].new_tokens == 3
+    assert worker.stats.prompts == 1  # the withdrawn reply never finished: only "hello" was answered
+    assert len(steps) < 200
+    await worker.close()
+
+
+async def test_closing_the_worker_stops_a_long_job_batch(tmp_path: Path) -> None:
+    """Shutting the bot down mid-batch: the thread ends within a step and the jobs are told why."""
+    worker = ModelWorker(_tiny_llama_backend(tmp_path / "llama"), batch_wait_ms=0)
+    polled = _flag_between_steps(worker)
+    jobs = asyncio.ensure_future(worker.generate(
+        [Prompt(text=f"session {i}") for i in range(4)], GenParams(max_new_tokens=100_000), Priority.JOB))
+    await asyncio.to_thread(polled.wait, 10)
+    thread = worker._thread
+    assert thread is not None
+    await worker.close()
+    assert not thread.is_alive()
+    with pytest.raises(Cancelled, match="closing"):
+        await jobs

@@ -23,7 +23,7 @@ from bot.app import App
 from bot.config import load_settings
 from bot.dispatcher import APOLOGY
 from bot.incoming import IncomingMessage
-from models.base import BackendError, GenParams, Prompt
+from models.base import BackendError, Cancelled, GenParams, Prompt
 from models.factory import build_backend
 from models.openai_backend import OpenAIBackend, retry_after
 from models.profiles import get_profile
@@ -309,3 +309,22 @@ def test_membot_chat_against_the_fake_server(server: FakeOpenAIServer, tmp_path:
     assert KEY not in chat.stderr and KEY not in chat.stdout
     assert all(r.headers["Authorization"] == f"Bearer {KEY}" for r in server.posts())
     assert {r.path for r in server.posts()} == {"/v1/chat/completions"}
+
+
+def test_a_withdrawn_request_stops_waiting_for_the_server(server: FakeOpenAIServer) -> None:
+    """The caller gave up: a batch waiting on a slow server and a streamed reply both stop at once."""
+    server.delay = 2.0
+    backend = _backend(server, timeout=10)
+    started = time.monotonic()
+    try:
+        with pytest.raises(Cancelled):
+            backend.generate([_chat("a"), _chat("b")], GREEDY, cancelled=lambda: time.monotonic() - started > 0.2)
+        waited = time.monotonic() - started
+        server.delay = 0.0
+        seen: list[str] = []
+        with pytest.raises(Cancelled):
+            backend.generate([_chat("one two three")], GREEDY, on_text=seen.append, cancelled=lambda: bool(seen))
+    finally:
+        backend.close()
+    assert waited < 1.5  # not the server's 2 s
+    assert len(seen) == 1  # the stream was left after its first piece

@@ -353,7 +353,7 @@ def test_dialogpt_empty_output_is_sampled_again_by_the_backend(tiny: Tiny, monke
     word = tiny.gpt2.tokenizer("Hello", add_special_tokens=False)["input_ids"]
 
     def fake_lean(batch: object, params: GenParams, between_steps: object = None,
-                  max_rows: object = None, on_text: object = None) -> list[list[int]]:
+                  max_rows: object = None, on_text: object = None, cancelled: object = None) -> list[list[int]]:
         calls.append(len(batch["input_ids"]))  # type: ignore[index]
         return [[] for _ in range(calls[-1])] if len(calls) < 3 else [word] * calls[-1]
 
@@ -371,13 +371,13 @@ def test_dialogpt_left_padded_batch_equals_each_prompt_alone(tiny: Tiny) -> None
     profile = get_profile("dialogpt", tiny.gpt2)
     prompts = [profile.reply_prompt(_reply()), profile.reply_prompt(_reply(turns=(("user", "Why?"),)))]
     greedy = GenParams(max_new_tokens=8)
-    for lean in (True, False):
-        tiny.gpt2.own_loop = lean
+    for path in ("own", "generate", "static"):
+        tiny.gpt2.decode = path
         try:
             together = [g.text for g in tiny.gpt2.generate(prompts, greedy)]
             alone = [tiny.gpt2.generate([p], greedy)[0].text for p in prompts]
         finally:
-            tiny.gpt2.own_loop = True
+            tiny.gpt2.decode = "own"
         assert together == alone
 
 

@@ -5,7 +5,8 @@ models/kv_cache.py subclasses `DynamicLayer`, models/decode.py builds a
 and models/fast_llama.py reads the Llama modules by name. None of that is public API: the forward's cache
 argument was already renamed once inside 5.x (`past_key_values` → `cache`, 5.24). Several of these would not
 fail loudly if they changed: the cache swap would quietly do nothing (decoding slower), or the fast path
-would quietly be skipped. Each test here names what relies on it and what to change, so that the next renaming
+would quietly be skipped; the GPU path relies on generate() compiling a static cache on CUDA by itself.
+Each test here names what relies on it and what to change, so that the next renaming
 fails here, with a clear message, on the transformers version CI resolves (`transformers>=5.17,<6` in
 pyproject.toml; these pass on 5.25.0, and the GPU run used 5.17.0).
 """
@@ -91,3 +92,22 @@ def test_the_llama_modules_the_int4_stepper_reads(llama: Any) -> None:
     assert not missing, f"LlamaForCausalLM no longer has {missing}: models/fast_llama.py FastLlamaStepper reads them"
     assert llama.get_output_embeddings() is not None
 
+
+
+def test_generate_compiles_a_static_cache_on_cuda_by_itself(llama: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bot's GPU path (models/transformers_backend.py: pick_decode "static") passes only
+    `cache_implementation="static"` and relies on transformers to compile the decode steps on CUDA. If that
+    stops being automatic, the GPU path silently loses its 5-7x (docs/benchmarks.md "GPU"): pass a
+    `compile_config` there instead."""
+    from types import SimpleNamespace
+
+    from transformers import GenerationConfig, StaticCache
+
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)  # the check sets it when it would compile
+    cache = StaticCache(config=llama.config, max_cache_len=16)
+    on_cuda = SimpleNamespace(device=torch.device("cuda"), hf_quantizer=None, config=llama.config)
+    criteria = type(llama)._valid_auto_compile_criteria
+    assert criteria(on_cuda, {"cache": cache}, GenerationConfig()), (
+        "transformers no longer compiles generate() with a static cache on CUDA by default")
+    on_cpu = SimpleNamespace(device=torch.device("cpu"), hf_quantizer=None, config=llama.config)
+    assert not criteria(on_cpu, {"cache": cache}, GenerationConfig())
