@@ -6,10 +6,11 @@ weights), and resident memory; each start is a fresh Python process.
 
 Each start runs `bench/startup.py --child`, which does what `membot chat` does before its first answer:
 import membot, build the App on the embedded model (de-quantizing into an empty cache folder when cold),
-start it and answer one first message through the dispatcher. Each of `--messages` gets its own cold and warm
-starts: the reply's generation is the same work in both, so a long first answer lowers the ratio. The time is measured from just before the process
-is spawned (interpreter start and imports included) to the reply. Memory is the child's peak resident set
-(`ru_maxrss`) and its resident set after the reply. The fastest of `--repeats` starts of each kind counts.
+start it and answer one first message through the dispatcher. Each of `--messages` gets its own cold and
+warm starts: the reply's generation is the same work in both, so a long first answer lowers the ratio. The
+time is measured from just before the process is spawned (interpreter start and imports included) to the
+reply. Memory is the child's peak resident set (`ru_maxrss`) and its resident set after the reply. The
+fastest of `--repeats` starts of each kind counts.
 """
 
 from __future__ import annotations

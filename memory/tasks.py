@@ -157,7 +157,8 @@ async def write_session_memories(
         try:
             outputs = await generator.generate(prompts, params, Priority.JOB)
         except BackendError as exc:
-            log.log(logging.INFO if isinstance(exc, Cancelled) else logging.WARNING, "session-memory jobs wait: %s", exc)
+            level = logging.INFO if isinstance(exc, Cancelled) else logging.WARNING
+            log.log(level, "session-memory jobs wait: %s", exc)
             await postpone(store, [j.job_id for j in group], clock() + _backoff(exc, retry_backoff), str(exc))
             report.waiting += len(group)
             continue
@@ -297,7 +298,8 @@ async def compress_memories(
         try:
             outputs = await generator.generate(flat, params, Priority.JOB)
         except BackendError as exc:
-            log.log(logging.INFO if isinstance(exc, Cancelled) else logging.WARNING, "compression jobs wait: %s", exc)
+            level = logging.INFO if isinstance(exc, Cancelled) else logging.WARNING
+            log.log(level, "compression jobs wait: %s", exc)
             await postpone(store, [j.job_id for j in group], clock() + _backoff(exc, retry_backoff), str(exc))
             report.waiting += len(group)
             continue
