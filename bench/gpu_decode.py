@@ -14,7 +14,10 @@ both with random weights (nothing is downloaded), bfloat16, batches 1 and 64, 12
 * whether each variant's greedy tokens equal generate()'s (identical rows, first differing position; with
   bfloat16 small divergences are possible and are reported, not treated as failures);
 * the latency of one batch-1 reply that arrives while a batch-64 job is decoding, through the real
-  ModelWorker (models/worker.py) with a small backend that feeds token ids (no tokenizer needed).
+  ModelWorker (models/worker.py) with a small backend that feeds token ids (no tokenizer needed);
+* ``bot_gpu_path``: the same job batch and reply through the bot's own engine on its GPU path
+  (TransformersBackend with decode="static", fed token ids): the first calls' times (compiling, on CUDA), a
+  job batch's new tokens/s, a reply alone and a reply sent a quarter of the way into a job batch.
 
 Variants, in the order they are measured (most important first; `--max-seconds` stops starting new
 measurements, so what runs out of time is the least important):
@@ -24,7 +27,7 @@ measurements, so what runs out of time is the least important):
 2. ``own_decode``: ``models.decode.decode`` (DynamicCache with in-place growing layers);
 3. ``own_continuous``: ``models.decode.decode`` with ``max_rows`` = the batch;
    (1-3 for the small model, then the large one)
-4. the reply-during-a-job figure (small model);
+4. the reply-during-a-job figure, then the bot's GPU path (`bot_gpu_path`), both on the small model;
 5. ``hf_static``: ``generate(cache_implementation="static", disable_compile=True)``;
 6. ``hf_static_compiled``: ``generate(cache_implementation="static")``, the bot's own GPU path since
    2026-12-05 (models/transformers_backend.py: pick_decode); on CUDA transformers then compiles
@@ -43,8 +46,8 @@ Run (from the repository root; needs only torch, transformers and the standard l
     .venv/bin/python bench/gpu_decode.py --quick  # CPU smoke test: tiny models, seconds
 
 Output: one JSON object on stdout; progress on stderr. The script imports only torch, transformers, the
-standard library and models.decode / kv_cache / worker / base (none of
-which import anything else), so it runs where the bot's other dependencies are not installed.
+standard library and models.decode / kv_cache / worker / base / transformers_backend (none of which import
+anything else), so it runs where the bot's other dependencies are not installed.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 STARTED = time.perf_counter()
@@ -434,26 +438,62 @@ class IdsBackend:
         pass
 
 
-def reply_during_job(bench: Bench, model: Any, job_batch: int) -> dict[str, Any]:
+def static_ids_backend(model: Any, table: dict[str, Any], pad_id: int, device: str) -> Any:
+    """The bot's own engine on its GPU path: models.transformers_backend.TransformersBackend with
+    decode="static" (generate() with a static cache, compiled by transformers on CUDA), fed token ids, since
+    random weights have no tokenizer. Only the text ends are replaced: prompts come from the table, outputs
+    are token counts."""
+    import torch
+
+    from models.base import Generation
+    from models.transformers_backend import TransformersBackend
+
+    class StaticIdsBackend(TransformersBackend):
+        def encode(self, prompts: Any) -> Any:
+            ids = torch.stack([self.table[p.text] for p in prompts])
+            return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+        def _finish(self, row: list[int], params: Any) -> Any:
+            return Generation(text="", new_tokens=len(row))
+
+        def stop_token_ids(self) -> tuple[int, ...]:
+            return ()
+
+    stub = SimpleNamespace(padding_side="left", pad_token_id=pad_id, eos_token=None, eos_token_id=None)
+    backend = StaticIdsBackend(model, stub, name="bench-ids-static", device=device, decode="static")
+    backend.table = table  # type: ignore[attr-defined]
+    return backend
+
+
+def reply_during_job(bench: Bench, model: Any, job_batch: int, path: str = "own") -> dict[str, Any]:
+    """`path` "own": the own loop, which serves the reply between the job's decode steps. "static": the bot's
+    GPU path (the real TransformersBackend), where the job batch runs whole and the reply waits for it; the
+    reply is sent a quarter of the way into the job (by the job's time alone), and the warm-up times, which
+    include compiling on CUDA, are reported."""
     import torch
 
     from models.base import GenParams, Prompt
     from models.worker import ModelWorker, Priority
 
     args = bench.args
-    if "reply_during_job" in args.skip:
+    name = "reply_during_job" if path == "own" else "bot_gpu_path"
+    if name in args.skip:
         return {"status": "skipped: --skip"}
     if not bench.budget.open():
-        bench.not_run.append("reply_during_job")
+        bench.not_run.append(name)
         return {"status": f"skipped: time budget ({args.max_seconds:g}s) spent"}
     generator = torch.Generator().manual_seed(7)
     vocab = model.config.vocab_size
     table = {f"job-{i}": torch.randint(3, vocab, (args.prompt_len,), generator=generator).to(bench.device)
              for i in range(job_batch)}
     table["reply"] = torch.randint(3, vocab, (args.prompt_len,), generator=generator).to(bench.device)
-    backend = IdsBackend(model, table, bench.pad_id(model), bench.device)
+    if path == "own":
+        backend = IdsBackend(model, table, bench.pad_id(model), bench.device)
+    else:
+        backend = static_ids_backend(model, table, bench.pad_id(model), bench.device)
     worker = ModelWorker(backend, max_batch=job_batch, batch_wait_ms=WORKER_BATCH_WAIT_MS)
-    params = GenParams(max_new_tokens=args.new_tokens)
+    # Every row makes new_tokens tokens (random weights' EOS must not end rows at random places).
+    params = GenParams(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens)
     # The reply arrives after the job's prefill groups and about a quarter of its decode steps.
     target = -(-job_batch // JOB_PREFILL_ROWS) + max(1, args.new_tokens // 4)
     out: dict[str, Any] = {
@@ -465,6 +505,13 @@ def reply_during_job(bench: Bench, model: Any, job_batch: int) -> dict[str, Any]
                "submit to result; a reply to an idle worker also waits the worker's batch_wait_ms, one served "
                "inside a job batch does not",
     }
+    if path != "own":
+        out["how"] = ("models.worker.ModelWorker with the bot's TransformersBackend on decode='static' (its GPU "
+                      "path: generate() with a static cache, compiled by transformers on CUDA), fed token ids; "
+                      "the job batch runs whole, the reply is sent a quarter of the job's time alone into it")
+        out["decode"] = backend.decode
+        for own_only in ("job_prefill_rows", "reply_arrives_after_job_polls"):
+            del out[own_only]
 
     def timed_reply() -> float:
         done: list[float] = []
@@ -474,14 +521,19 @@ def reply_during_job(bench: Bench, model: Any, job_batch: int) -> dict[str, Any]
         future.result(timeout=300)
         return (done[0] if done else time.perf_counter()) - start
 
+    job_alone_best: list[float] = []
+
     def job(with_reply: bool) -> tuple[float, float | None]:
-        backend.polls, backend.poll_target = 0, (target if with_reply else None)
-        backend.reached.clear()
+        if path == "own":
+            backend.polls, backend.poll_target = 0, (target if with_reply else None)
+            backend.reached.clear()
         start = time.perf_counter()
         futures = [worker.submit(Prompt(text=f"job-{i}"), params, Priority.JOB) for i in range(job_batch)]
         latency = None
         if with_reply:
-            if not backend.reached.wait(timeout=300):
+            if path != "own":
+                time.sleep(min(job_alone_best) / 4)
+            elif not backend.reached.wait(timeout=300):
                 raise RuntimeError("the job batch never reached the reply's arrival point")
             latency = timed_reply()
         for f in futures:
@@ -491,8 +543,8 @@ def reply_during_job(bench: Bench, model: Any, job_batch: int) -> dict[str, Any]
     try:
         with alarm(bench.budget.limit()):
             worker.start()
-            timed_reply()  # warm-up
-            job(with_reply=False)
+            out["warmup_reply_s"] = rounded(timed_reply())  # on the static path: compiling, on CUDA
+            out["warmup_job_s"] = rounded(job(with_reply=False)[0])
             alone, during, job_alone, job_with = [], [], [], []
             for _ in range(max(1, args.repeats)):
                 if not bench.budget.open():
@@ -500,6 +552,7 @@ def reply_during_job(bench: Bench, model: Any, job_batch: int) -> dict[str, Any]
                     break
                 alone.append(timed_reply())
                 job_alone.append(job(with_reply=False)[0])
+                job_alone_best.append(job_alone[-1])
                 total, latency = job(with_reply=True)
                 job_with.append(total)
                 assert latency is not None
@@ -512,7 +565,9 @@ def reply_during_job(bench: Bench, model: Any, job_batch: int) -> dict[str, Any]
             out["job_alone_s"] = [rounded(x) for x in job_alone]
             out["job_with_reply_s"] = [rounded(x) for x in job_with]
             out["reply_slowdown_during_job_best"] = rounded(min(during) / min(alone)) if alone else None
-            out["job_polls_per_run"] = backend.polls
+            out["job_new_tokens_per_s_best"] = rounded(job_batch * args.new_tokens / min(job_alone))
+            if path == "own":
+                out["job_polls_per_run"] = backend.polls
     except TimeLimit:
         bench.interrupted = True
         out["status"] = "error: time limit"
@@ -524,7 +579,7 @@ def reply_during_job(bench: Bench, model: Any, job_batch: int) -> dict[str, Any]
             asyncio.run(asyncio.wait_for(worker.close(), timeout=60))
         except BaseException as exc:  # a stuck thread must not cost the JSON
             out["close_error"] = short_error(exc)
-    log(f"reply during job: {json.dumps({k: v for k, v in out.items() if k != 'how'})}")
+    log(f"{name}: {json.dumps({k: v for k, v in out.items() if k != 'how'})}")
     return out
 
 
@@ -625,7 +680,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prompt-len", type=int, default=None, help="prompt tokens per row (default 128)")
     parser.add_argument("--models", default=None, help="comma-separated: smollm2_135m_shape,llama_1b_shape")
     parser.add_argument("--skip", default="", help=f"comma-separated variants to skip: {', '.join(VARIANTS)}, "
-                                                   "reply_during_job")
+                                                   "reply_during_job, bot_gpu_path")
     parser.add_argument("--json-out", default=None, help="also write the JSON object to this file")
     args = parser.parse_args(argv)
     args.skip = {s.strip() for s in args.skip.split(",") if s.strip()}
@@ -722,6 +777,8 @@ def main(argv: list[str] | None = None) -> None:
         if first_key in models:
             result["reply_during_job"] = {"model": first_key,
                                           **reply_during_job(bench, models[first_key], max(batches))}
+            result["bot_gpu_path"] = {"model": first_key,
+                                      **reply_during_job(bench, models[first_key], max(batches), path="static")}
         else:
             result["reply_during_job"] = {"status": "skipped: the model was never built"}
         each("hf_static", lambda *a: run_generate(*a, cache_implementation="static", disable_compile=True))

@@ -181,6 +181,9 @@ def test_gpu_decode_quick_runs_without_a_gpu() -> None:
     for variants in result["summary"].values():
         assert variants["generate"][2] == 1.0
         assert str(variants["hf_static_compiled"]).startswith("skipped")
+    bot = result["bot_gpu_path"]  # the bot's engine on its GPU path, uncompiled on the CPU
+    assert bot["status"] == "ok" and bot["decode"] == "static"
+    assert bot["reply_during_job_ms"] and bot["job_new_tokens_per_s_best"] > 0
 
 
 def test_int4_quick(embedded_cache: Path) -> None:
