@@ -521,8 +521,6 @@ def reply_during_job(bench: Bench, model: Any, job_batch: int, path: str = "own"
         future.result(timeout=300)
         return (done[0] if done else time.perf_counter()) - start
 
-    job_alone_best: list[float] = []
-
     def job(with_reply: bool) -> tuple[float, float | None]:
         if path == "own":
             backend.polls, backend.poll_target = 0, (target if with_reply else None)
@@ -532,7 +530,7 @@ def reply_during_job(bench: Bench, model: Any, job_batch: int, path: str = "own"
         latency = None
         if with_reply:
             if path != "own":
-                time.sleep(min(job_alone_best) / 4)
+                time.sleep(min(job_alone) / 4)
             elif not backend.reached.wait(timeout=300):
                 raise RuntimeError("the job batch never reached the reply's arrival point")
             latency = timed_reply()
@@ -552,7 +550,6 @@ def reply_during_job(bench: Bench, model: Any, job_batch: int, path: str = "own"
                     break
                 alone.append(timed_reply())
                 job_alone.append(job(with_reply=False)[0])
-                job_alone_best.append(job_alone[-1])
                 total, latency = job(with_reply=True)
                 job_with.append(total)
                 assert latency is not None

@@ -176,6 +176,7 @@ def _ready_s(result: dict[str, Any]) -> float:
 def _compare(message: str, cold: list[dict[str, Any]], warm: list[dict[str, Any]]) -> dict[str, Any]:
     best_cold = min(cold, key=lambda r: r["time_to_first_reply_s"])
     best_warm = min(warm, key=lambda r: r["time_to_first_reply_s"])
+    ready_cold, ready_warm = min(map(_ready_s, cold)), min(map(_ready_s, warm))
     return {
         "message": message,
         "cold": best_cold,
@@ -184,8 +185,8 @@ def _compare(message: str, cold: list[dict[str, Any]], warm: list[dict[str, Any]
         "warm_runs_s": [r["time_to_first_reply_s"] for r in warm],
         "reply_new_tokens": best_warm["reply_new_tokens"],
         "cold_over_warm": rounded(best_cold["time_to_first_reply_s"] / best_warm["time_to_first_reply_s"]),
-        "ready_s": {"cold": rounded(min(map(_ready_s, cold))), "warm": rounded(min(map(_ready_s, warm)))},
-        "ready_cold_over_warm": rounded(min(map(_ready_s, cold)) / min(map(_ready_s, warm))),
+        "ready_s": {"cold": rounded(ready_cold), "warm": rounded(ready_warm)},
+        "ready_cold_over_warm": rounded(ready_cold / ready_warm),
     }
 
 

@@ -105,9 +105,13 @@ def fallback_facts(item: SessionInput, backbone: Sequence[str] = ()) -> list[str
     return [f"{speaker} said: {text[:300]}" for speaker, text in item.turns if speaker == item.user_name]
 
 
-def _backoff(exc: BackendError, retry_backoff: float) -> float:
-    """A model that failed is given time; jobs stopped because the bot is shutting down are due again at once."""
-    return 0.0 if isinstance(exc, Cancelled) else retry_backoff
+async def _wait_for_model(store: Store, job_ids: list[int], exc: BackendError, now: float, retry_backoff: float,
+                          kind: str) -> None:
+    """The model could not run these jobs: pending again after `retry_backoff`, or at once when they were only
+    stopped because the bot is shutting down (no attempt is counted either way)."""
+    stopped = isinstance(exc, Cancelled)
+    log.log(logging.INFO if stopped else logging.WARNING, "%s jobs wait: %s", kind, exc)
+    await postpone(store, job_ids, now + (0.0 if stopped else retry_backoff), str(exc))
 
 
 async def _record_output(store: Store, job_id: int, user_pk: int, task: str, raw: str, reason: str, now: float) -> None:
@@ -157,9 +161,7 @@ async def write_session_memories(
         try:
             outputs = await generator.generate(prompts, params, Priority.JOB)
         except BackendError as exc:
-            level = logging.INFO if isinstance(exc, Cancelled) else logging.WARNING
-            log.log(level, "session-memory jobs wait: %s", exc)
-            await postpone(store, [j.job_id for j in group], clock() + _backoff(exc, retry_backoff), str(exc))
+            await _wait_for_model(store, [j.job_id for j in group], exc, clock(), retry_backoff, "session-memory")
             report.waiting += len(group)
             continue
         report.model_calls += len(prompts)
@@ -298,9 +300,7 @@ async def compress_memories(
         try:
             outputs = await generator.generate(flat, params, Priority.JOB)
         except BackendError as exc:
-            level = logging.INFO if isinstance(exc, Cancelled) else logging.WARNING
-            log.log(level, "compression jobs wait: %s", exc)
-            await postpone(store, [j.job_id for j in group], clock() + _backoff(exc, retry_backoff), str(exc))
+            await _wait_for_model(store, [j.job_id for j in group], exc, clock(), retry_backoff, "compression")
             report.waiting += len(group)
             continue
         report.model_calls += len(flat)

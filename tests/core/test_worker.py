@@ -202,9 +202,8 @@ def _tiny_llama_backend(folder: Path) -> TransformersBackend:
 @pytest.mark.parametrize("decode", ["own", "static"])
 async def test_a_running_reply_whose_caller_gave_up_stops_at_the_next_step(tmp_path: Path, decode: str) -> None:
     """A person forgotten while their reply is generated: the model stops within a step and moves on."""
-    loaded = _tiny_llama_backend(tmp_path / "llama")
-    backend = TransformersBackend(loaded.model, loaded.tokenizer, name="tiny", device="cpu", decode=decode)
-    backend.stop_token_ids = lambda: ()  # type: ignore[method-assign]
+    backend = _tiny_llama_backend(tmp_path / "llama")
+    backend.decode = decode
     worker = ModelWorker(backend, batch_wait_ms=0)
     started = threading.Event()
     steps: list[str] = []
