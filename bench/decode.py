@@ -1,5 +1,6 @@
 """Decode speed: new tokens/s of the lean loop (models/decode.py) vs transformers' generate(), same model,
-same device, same prompts, at batch 1, 16 and 64; plus the int4 variant (models/quantize.py).
+same device, same prompts, at batch 1, 16 and 64; plus the int4 variant (models/quantize.py) and, where the
+default dtype is bfloat16, the default with and without its weights packed for oneDNN (models/onednn_linear.py).
 
     .venv/bin/python bench/decode.py            # full run (~5-8 minutes on 2 cores)
     .venv/bin/python bench/decode.py --quick    # seconds; a smoke test
@@ -179,6 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from models.embedded import GGUF_FILE, MODEL_NAME, gguf_folder
+    from models.onednn_linear import pack_linears
     from models.quantize import int4_available, quantize_model
     from models.transformers_backend import fast_stepper, pick_dtype
 
@@ -198,8 +200,16 @@ def main(argv: list[str] | None = None) -> None:
         "lean_fp32": ("lean", fp32, None),
     }
     default_dtype, why = pick_dtype("auto", "cpu")
+    packed_layers = 0
     if default_dtype != torch.float32:  # what `model.dtype = "auto"` runs on this CPU (bfloat16 with AVX512-BF16)
-        variants["lean_default"] = ("lean", copy.deepcopy(fp32).to(default_dtype), None)
+        # The default as loaded (its linear layers packed for oneDNN when bfloat16), and the same weights
+        # unpacked, to show what the packing adds.
+        default_model = copy.deepcopy(fp32).to(default_dtype)
+        unpacked = copy.deepcopy(default_model)
+        packed_layers = pack_linears(default_model) if default_dtype == torch.bfloat16 else 0
+        variants["lean_default"] = ("lean", default_model, None)
+        if packed_layers:
+            variants["lean_default_unpacked"] = ("lean", unpacked, None)
     quant_info: dict[str, Any] | None = None
     if not args.no_int4 and int4_available():
         int4 = copy.deepcopy(fp32)
@@ -246,6 +256,12 @@ def main(argv: list[str] | None = None) -> None:
         entry["lean_fp32_identical_rows"] = sum(a == b for a, b in zip(lean_rows, reference, strict=True))
         base = entry["generate_fp32"]["new_tokens_per_s"]
         entry["speedup_lean_fp32_vs_generate"] = rounded(entry["lean_fp32"]["new_tokens_per_s"] / base)
+        if "lean_default_unpacked" in runs:
+            entry["speedup_default_packed_vs_unpacked"] = rounded(
+                entry["lean_default"]["new_tokens_per_s"] / entry["lean_default_unpacked"]["new_tokens_per_s"])
+            entry["default_packed_identical_rows_to_unpacked"] = sum(
+                a == b for a, b in zip(runs["lean_default"][0]["rows"], runs["lean_default_unpacked"][0]["rows"],
+                                       strict=True))
         if "lean_int4" in runs:
             int4_rows = runs["lean_int4"][0]["rows"]
             prefixes = [_common_prefix(a, b) for a, b in zip(int4_rows, reference, strict=True)]
@@ -292,6 +308,7 @@ def main(argv: list[str] | None = None) -> None:
         "settings": {"greedy": True, "stop_tokens": None, "repeats": args.repeats, "repetition_penalty": 1.0},
         "int4": quant_info,
         "default_dtype": f"{str(default_dtype).removeprefix('torch.')} ({why})",
+        "default_linear_layers_packed": packed_layers,
         "results": results,
         "sample_int4_or_fp32_text": sample[:200],
         "llama_cpp": llama or "not measured: llama-cpp-python is not installed (an optional benchmark "

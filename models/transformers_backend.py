@@ -101,6 +101,7 @@ class TransformersBackend:
         self.device = device
         self.quantization: Any = None  # a models.quantize.QuantizeReport when load() quantized the model
         self.stepper: Any = None  # a models.fast_llama.FastLlamaStepper for int4 Llama models
+        self.packed_linears = 0  # linear layers load() packed for oneDNN (models/onednn_linear.py)
         # A fast tokenizer keeps its padding and truncation settings on one shared Rust object, which each call
         # sets: counting tokens on the event loop while the model thread encodes a padded batch would unset
         # the batch's padding halfway ("Unable to create tensor..."). Every tokenizer call takes this lock.
@@ -172,6 +173,11 @@ class TransformersBackend:
                 log.warning("model.quantize = %r: no layer of this model could be quantized", quantize)
         backend = cls(model, tokenizer, name=os.path.basename(str(name_or_path).rstrip("/")), device=device)
         backend.quantization = report
+        if report is None and backend.decode == "own" and torch_dtype == torch.bfloat16:
+            from models.onednn_linear import pack_linears
+
+            backend.packed_linears = pack_linears(model)
+            log.info("bfloat16 weights packed for oneDNN: %d linear layers", backend.packed_linears)
         if report is not None and report.quantized:
             backend.stepper = fast_stepper(model)
         return backend

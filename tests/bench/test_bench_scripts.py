@@ -92,6 +92,9 @@ def test_decode_quick(embedded_cache: Path) -> None:
     assert batch["lean_fp32_identical_rows"] == 1  # greedy identity with generate()
     assert result["results"]["batch_2"]["lean_fp32_identical_rows"] == 2
     assert "speedup_lean_int4_vs_generate" in batch
+    if result["default_linear_layers_packed"]:  # a bfloat16 default here: packed and unpacked side by side
+        assert batch["speedup_default_packed_vs_unpacked"] > 0
+        assert batch["default_packed_identical_rows_to_unpacked"] == 1
     assert "llama_cpp" in result
 
 
