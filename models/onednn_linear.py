@@ -12,6 +12,8 @@ operators, leaves the arithmetic unchanged: the packed product is bit-identical 
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 from typing import Any
 
@@ -84,4 +86,23 @@ def pack_linears(model: Any) -> int:
             setattr(parent, name, child)
         log.info("oneDNN packed weights change this model's output here; keeping plain linear layers")
         return 0
-    return len(swaps)
+    count = len(swaps)
+    del swaps, parent, name, child  # the loop's names too: nothing may keep a plain weight alive
+    _return_freed_memory()
+    return count
+
+
+def _return_freed_memory() -> None:
+    """Hand the plain weights' freed pages back to the system (glibc's ``malloc_trim``; elsewhere nothing).
+
+    The packed copies are allocated while the plain weights are still alive, so the plain ones are freed from
+    the middle of the heap, where glibc keeps them: the embedded model's process stayed 906 MiB resident
+    against 648 MiB unpacked; trimmed it is 703 MiB (the output head's packed copy, 56 MB, is the rest:
+    its plain weight is also the input embedding)."""
+    name = ctypes.util.find_library("c")
+    try:
+        trim = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        trim = None
+    if trim is not None:
+        trim(0)
