@@ -11,12 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 from models.base import GenParams, Prompt
 from models.onednn_linear import PackedLinear, available, pack_linears
 from models.transformers_backend import TransformersBackend
-from tests.tiny_models import build_tiny_llama
+from tests.tiny_models import build_tiny_llama, build_tiny_t5
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +73,11 @@ def test_a_model_whose_output_would_change_keeps_its_plain_layers(llama_dir: Pat
     assert pack_linears(model) == 0
     assert [(n, type(m)) for n, m in model.named_modules()] == [(n, type(m)) for n, m in before]
     assert not any(isinstance(m, PackedLinear) for m in model.modules())
+
+
+def test_a_model_the_check_cannot_run_keeps_its_plain_layers(tmp_path: Path) -> None:
+    """A seq2seq model wants decoder inputs besides the probe's ids: packing is an optimisation, so the failed
+    check leaves the model as loaded instead of failing the load."""
+    t5 = AutoModelForSeq2SeqLM.from_pretrained(build_tiny_t5(tmp_path / "t5"), dtype=torch.bfloat16).eval()
+    assert pack_linears(t5) == 0
+    assert not any(isinstance(m, PackedLinear) for m in t5.modules())
