@@ -177,7 +177,8 @@ class TransformersBackend:
             from models.onednn_linear import pack_linears
 
             backend.packed_linears = pack_linears(model)
-            log.info("bfloat16 weights packed for oneDNN: %d linear layers", backend.packed_linears)
+            if backend.packed_linears:
+                log.info("bfloat16 weights packed for oneDNN: %d linear layers", backend.packed_linears)
         if report is not None and report.quantized:
             backend.stepper = fast_stepper(model)
         return backend
