@@ -114,6 +114,12 @@ class Cancelled(BackendError):
     A BackendError, so code that retries or hands back work on a model failure does the same here."""
 
 
+def stop_if_cancelled(cancelled: Callable[[], bool] | None) -> None:
+    """Raise Cancelled once `cancelled` says so: what every engine does between its steps, chunks or waits."""
+    if cancelled is not None and cancelled():
+        raise Cancelled("the request was withdrawn")
+
+
 @runtime_checkable
 class Engine(Protocol):
     """One model behind one call: the embedded/transformers engine, a model server, or the test fake.

@@ -10,7 +10,15 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from models.base import BackendError, Cancelled, Capabilities, Generation, GenParams, Prompt, TokenizerInfo
+from models.base import (
+    BackendError,
+    Capabilities,
+    Generation,
+    GenParams,
+    Prompt,
+    TokenizerInfo,
+    stop_if_cancelled,
+)
 
 
 class FakeBackend:
@@ -37,8 +45,7 @@ class FakeBackend:
         def wait(seconds: float) -> None:
             deadline = time.monotonic() + seconds
             while (left := deadline - time.monotonic()) > 0:
-                if cancelled is not None and cancelled():
-                    raise Cancelled("the request was withdrawn")
+                stop_if_cancelled(cancelled)
                 threading.Event().wait(min(left, 0.01))
 
         with self._lock:

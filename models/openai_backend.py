@@ -42,13 +42,13 @@ import httpx
 
 from models.base import (
     BackendError,
-    Cancelled,
     Capabilities,
     Generation,
     GenParams,
     Prompt,
     TokenizerInfo,
     estimate_tokens,
+    stop_if_cancelled,
 )
 
 log = logging.getLogger(__name__)
@@ -177,8 +177,7 @@ class OpenAIBackend:
         futures = [self._pool.submit(self._complete, p, params, model) for p in prompts]
         try:
             while not all(f.done() for f in futures):
-                if cancelled is not None and cancelled():
-                    raise Cancelled("the request was withdrawn")
+                stop_if_cancelled(cancelled)
                 concurrent.futures.wait(futures, timeout=0.05, return_when=concurrent.futures.FIRST_EXCEPTION)
                 if any(f.done() and f.exception() is not None for f in futures):
                     break
@@ -201,8 +200,7 @@ class OpenAIBackend:
         def attempt(body: dict[str, Any]) -> None:
             nonlocal chunks
             for delta in self._sse(path, body):
-                if cancelled is not None and cancelled():
-                    raise Cancelled("the request was withdrawn")  # leaving the loop closes the stream
+                stop_if_cancelled(cancelled)  # raising leaves the loop, which closes the stream
                 if delta:
                     pieces.append(delta)
                     chunks += 1

@@ -14,7 +14,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from models.base import BackendError, Cancelled, Capabilities, Generation, GenParams, Prompt, TokenizerInfo
+from models.base import (
+    BackendError,
+    Capabilities,
+    Generation,
+    GenParams,
+    Prompt,
+    TokenizerInfo,
+    stop_if_cancelled,
+)
 
 log = logging.getLogger(__name__)
 
@@ -288,8 +296,7 @@ class TransformersBackend:
         def poll() -> bool:
             if between_steps is not None:
                 between_steps()
-            if cancelled is not None and cancelled():
-                raise Cancelled("the request was withdrawn")
+            stop_if_cancelled(cancelled)
             return False
 
         def stream(rows: list[list[int]]) -> None:
@@ -350,8 +357,7 @@ class TransformersBackend:
                 """Polled by generate() after every step: raising leaves generate() at once."""
 
                 def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-                    if cancelled():
-                        raise Cancelled("the request was withdrawn")
+                    stop_if_cancelled(cancelled)
                     return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
             kwargs["stopping_criteria"] = StoppingCriteriaList([_Withdrawn()])
