@@ -1,6 +1,7 @@
 """Decode speed: new tokens/s of the lean loop (models/decode.py) vs transformers' generate(), same model,
 same device, same prompts, at batch 1, 16 and 64; plus the int4 variant (models/quantize.py) and, where the
-default dtype is bfloat16, the default with and without its weights packed for oneDNN (models/onednn_linear.py).
+default dtype is bfloat16, the default with and without its weights packed for oneDNN (models/onednn_linear.py)
+and with and without the thread count of small decode steps measured (models/step_threads.py).
 
     .venv/bin/python bench/decode.py            # full run (~5-8 minutes on 2 cores)
     .venv/bin/python bench/decode.py --quick    # seconds; a smoke test
@@ -51,10 +52,19 @@ PROMPTS = (
 SYSTEM = "You are Membot, a warm and curious friend who chats with people and remembers them. Answer briefly."
 
 
-def _encode(tokenizer: Any, batch: int) -> tuple[Any, Any]:
+def _filler(words: int) -> str:
+    """`words` words of a diary-like earlier context (`--context-words`), to decode after a long prompt."""
+    days = " ".join(f"On day {i} I walked to the market and bought {i % 7} apples and a loaf of bread."
+                    for i in range(words // 16 + 1))
+    return " ".join(days.split()[:words])
+
+
+def _encode(tokenizer: Any, batch: int, context_words: int = 0) -> tuple[Any, Any]:
+    before = _filler(context_words) + " " if context_words else ""
     texts = [
         tokenizer.apply_chat_template(
-            [{"role": "system", "content": SYSTEM}, {"role": "user", "content": PROMPTS[i % len(PROMPTS)]}],
+            [{"role": "system", "content": SYSTEM},
+             {"role": "user", "content": before + PROMPTS[i % len(PROMPTS)]}],
             tokenize=False, add_generation_prompt=True,
         )
         for i in range(batch)
@@ -86,7 +96,8 @@ def run_generate(model: Any, ids: Any, mask: Any, new_tokens: int, pad_id: int) 
     return {"total": total, "cpu": cpu, "ttft": marks[0] - start, "rows": rows}
 
 
-def run_lean(model: Any, ids: Any, mask: Any, new_tokens: int, pad_id: int, stepper: Any = None) -> dict[str, Any]:
+def run_lean(model: Any, ids: Any, mask: Any, new_tokens: int, pad_id: int, stepper: Any = None,
+             step_threads: Any = None) -> dict[str, Any]:
     from models.base import GenParams
     from models.decode import decode
 
@@ -98,7 +109,7 @@ def run_lean(model: Any, ids: Any, mask: Any, new_tokens: int, pad_id: int, step
 
     start, cpu = time.perf_counter(), time.process_time()
     rows = decode(model, ids, mask, GenParams(max_new_tokens=new_tokens),
-                  should_stop=should_stop, stepper=stepper)
+                  should_stop=should_stop, stepper=stepper, step_threads=step_threads)
     total, cpu = time.perf_counter() - start, time.process_time() - cpu
     ttft = (marks[1] if len(marks) > 1 else time.perf_counter()) - start
     return {"total": total, "cpu": cpu, "ttft": ttft, "rows": rows}
@@ -166,6 +177,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-int4-hf", action="store_true",
                         help="skip int4 through transformers' steps (shown to isolate the own decode steps)")
     parser.add_argument("--cache-dir", default=None, help="the de-quantized model folder (default: .cache/)")
+    parser.add_argument("--context-words", type=int, default=0,
+                        help="words of earlier context before each prompt (decode after a long prompt)")
     parser.add_argument("--llama-cpp-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.llama_cpp_child:  # llama_cpp_rate in its own process
@@ -182,6 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     from models.embedded import GGUF_FILE, MODEL_NAME, gguf_folder
     from models.onednn_linear import pack_linears
     from models.quantize import int4_available, quantize_model
+    from models.step_threads import StepThreads, thread_count_keeps_results
     from models.transformers_backend import fast_stepper, pick_dtype
 
     batches = [int(b) for b in args.batches.split(",")]
@@ -195,21 +209,28 @@ def main(argv: list[str] | None = None) -> None:
     fp32 = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     fp32.generation_config.eos_token_id = None  # every row makes exactly the requested number of tokens
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    variants: dict[str, tuple[str, Any, Any]] = {
-        "generate_fp32": ("generate", fp32, None),
-        "lean_fp32": ("lean", fp32, None),
+    variants: dict[str, tuple[str, Any, Any, Any]] = {
+        "generate_fp32": ("generate", fp32, None, None),
+        "lean_fp32": ("lean", fp32, None, None),
     }
     default_dtype, why = pick_dtype("auto", "cpu")
     packed_layers = 0
+    step_threads = None
     if default_dtype != torch.float32:  # what `model.dtype = "auto"` runs on this CPU (bfloat16 with AVX512-BF16)
-        # The default as loaded (its linear layers packed for oneDNN when bfloat16), and the same weights
-        # unpacked, to show what the packing adds.
+        # The default as loaded (its linear layers packed for oneDNN when bfloat16, the thread count of small
+        # decode steps measured, as TransformersBackend.load sets them up), the same on every thread, and the
+        # same weights unpacked: what each adds.
         default_model = copy.deepcopy(fp32).to(default_dtype)
         unpacked = copy.deepcopy(default_model)
         packed_layers = pack_linears(default_model) if default_dtype == torch.bfloat16 else 0
-        variants["lean_default"] = ("lean", default_model, None)
+        threads = torch.get_num_threads()
+        if threads > 1 and thread_count_keeps_results(default_model, threads):
+            step_threads = StepThreads(threads)
+        variants["lean_default"] = ("lean", default_model, None, step_threads)
+        if step_threads is not None:
+            variants["lean_default_all_threads"] = ("lean", default_model, None, None)
         if packed_layers:
-            variants["lean_default_unpacked"] = ("lean", unpacked, None)
+            variants["lean_default_unpacked"] = ("lean", unpacked, None, None)
     quant_info: dict[str, Any] | None = None
     if not args.no_int4 and int4_available():
         int4 = copy.deepcopy(fp32)
@@ -220,21 +241,21 @@ def main(argv: list[str] | None = None) -> None:
         # (models/fast_llama.py); and, to show what those steps add, the same weights through transformers.
         stepper = fast_stepper(int4)
         quant_info["fast_steps"] = stepper is not None
-        variants["lean_int4"] = ("lean", int4, stepper)
+        variants["lean_int4"] = ("lean", int4, stepper, None)
         if stepper is not None and not args.no_int4_hf:
-            variants["lean_int4_hf_steps"] = ("lean", int4, None)
+            variants["lean_int4_hf_steps"] = ("lean", int4, None, None)
     log(f"variants: {', '.join(variants)}; threads {torch.get_num_threads()}")
 
     results: dict[str, Any] = {}
     for batch, new_tokens in zip(batches, counts, strict=True):
-        ids, mask = _encode(tokenizer, batch)
+        ids, mask = _encode(tokenizer, batch, args.context_words)
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
         for repeat in range(args.repeats):
-            for name, (kind, model, stepper) in variants.items():
+            for name, (kind, model, stepper, tuner) in variants.items():
                 if kind == "generate":
                     run = run_generate(model, ids, mask, new_tokens, pad_id)
                 else:
-                    run = run_lean(model, ids, mask, new_tokens, pad_id, stepper)
+                    run = run_lean(model, ids, mask, new_tokens, pad_id, stepper, tuner)
                 runs[name].append(run)
                 log(f"batch {batch} {name} run {repeat}: {run['total']:.2f}s")
         entry: dict[str, Any] = {"batch": batch, "new_tokens_per_row": new_tokens,
@@ -256,9 +277,16 @@ def main(argv: list[str] | None = None) -> None:
         entry["lean_fp32_identical_rows"] = sum(a == b for a, b in zip(lean_rows, reference, strict=True))
         base = entry["generate_fp32"]["new_tokens_per_s"]
         entry["speedup_lean_fp32_vs_generate"] = rounded(entry["lean_fp32"]["new_tokens_per_s"] / base)
+        packed_all = "lean_default_all_threads" if "lean_default_all_threads" in runs else "lean_default"
+        if "lean_default_all_threads" in runs:
+            entry["speedup_default_step_threads_vs_all_threads"] = rounded(
+                entry["lean_default"]["new_tokens_per_s"] / entry["lean_default_all_threads"]["new_tokens_per_s"])
+            entry["default_step_threads_identical_rows_to_all_threads"] = sum(
+                a == b for a, b in zip(runs["lean_default"][0]["rows"], runs["lean_default_all_threads"][0]["rows"],
+                                       strict=True))
         if "lean_default_unpacked" in runs:
             entry["speedup_default_packed_vs_unpacked"] = rounded(
-                entry["lean_default"]["new_tokens_per_s"] / entry["lean_default_unpacked"]["new_tokens_per_s"])
+                entry[packed_all]["new_tokens_per_s"] / entry["lean_default_unpacked"]["new_tokens_per_s"])
             entry["default_packed_identical_rows_to_unpacked"] = sum(
                 a == b for a, b in zip(runs["lean_default"][0]["rows"], runs["lean_default_unpacked"][0]["rows"],
                                        strict=True))
@@ -284,8 +312,9 @@ def main(argv: list[str] | None = None) -> None:
 
     sample = tokenizer.decode(runs.get("lean_int4", runs["lean_fp32"])[0]["rows"][0], skip_special_tokens=True)
     rendered = tokenizer.apply_chat_template(  # row 0 of every batch: the same text on both sides
-        [{"role": "system", "content": SYSTEM}, {"role": "user", "content": PROMPTS[0]}], tokenize=False,
-        add_generation_prompt=True)
+        [{"role": "system", "content": SYSTEM},
+         {"role": "user", "content": (_filler(args.context_words) + " " if args.context_words else "") + PROMPTS[0]}],
+        tokenize=False, add_generation_prompt=True)
     # As many threads as torch uses (llama-cpp-python's own default is half the cores).
     llama = llama_cpp_rate(str(gguf_folder() / GGUF_FILE), rendered, counts[0], torch.get_num_threads(),
                            args.repeats)
@@ -305,10 +334,13 @@ def main(argv: list[str] | None = None) -> None:
         "model": MODEL_NAME,
         "device": "cpu",
         "quick": args.quick,
-        "settings": {"greedy": True, "stop_tokens": None, "repeats": args.repeats, "repetition_penalty": 1.0},
+        "settings": {"greedy": True, "stop_tokens": None, "repeats": args.repeats, "repetition_penalty": 1.0,
+                     "context_words": args.context_words},
         "int4": quant_info,
         "default_dtype": f"{str(default_dtype).removeprefix('torch.')} ({why})",
         "default_linear_layers_packed": packed_layers,
+        # Decode steps' thread count by batch size (rows per step, bucket's top), as measured in the runs above.
+        "default_step_threads_chosen": step_threads.chosen() if step_threads is not None else None,
         "results": results,
         "sample_int4_or_fp32_text": sample[:200],
         "llama_cpp": llama or "not measured: llama-cpp-python is not installed (an optional benchmark "

@@ -32,11 +32,15 @@ import inspect
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from models.base import GenParams
+
+if TYPE_CHECKING:
+    from models.step_threads import StepThreads
 
 logger = logging.getLogger(__name__)
 
@@ -431,6 +435,7 @@ def decode(
     should_stop: Callable[[], bool] | None = None,
     stepper: Any = None,
     on_step: Callable[[list[list[int]]], None] | None = None,
+    step_threads: StepThreads | None = None,
 ) -> list[list[int]]:
     """New tokens for every row of a LEFT-padded batch (without the stop token), decoding at most ``max_rows``
     rows at a time (default: all).
@@ -444,6 +449,9 @@ def decode(
     ``stepper`` (a :class:`models.fast_llama.FastLlamaStepper`, the int4 CPU path) runs the decode steps
     instead of the model's forward. Its cache holds a fixed set of rows, so every prompt is admitted before
     the first step (``max_rows`` is ignored: a caller wanting fewer rows at once passes fewer prompts).
+
+    ``step_threads`` (a :class:`models.step_threads.StepThreads`) sets the thread count of each decode step
+    through the model's forward (the int4 stepper's steps keep every thread).
     """
     if input_ids.dim() != 2 or attention_mask.shape != input_ids.shape:
         raise ValueError("input_ids and attention_mask must both be (batch, seq_len)")
@@ -530,9 +538,11 @@ def decode(
                 logits = batch.state.step(batch.tokens, batch.next_pos)
             else:
                 batch.mask = torch.cat([batch.mask, batch.mask.new_ones((batch.mask.shape[0], 1))], dim=-1)
-                out = model(input_ids=batch.tokens[:, None], attention_mask=batch.step_mask(),
-                            position_ids=batch.next_pos, use_cache=True, return_dict=True,
-                            **{cache_name: batch.cache}, **extra)
+                rows_now, length = batch.mask.shape
+                with step_threads.step(rows_now, length) if step_threads is not None else nullcontext():
+                    out = model(input_ids=batch.tokens[:, None], attention_mask=batch.step_mask(),
+                                position_ids=batch.next_pos, use_cache=True, return_dict=True,
+                                **{cache_name: batch.cache}, **extra)
                 batch.cache = output_cache(out)
                 logits = out.logits[:, -1].float()
                 del out

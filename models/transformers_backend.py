@@ -110,6 +110,7 @@ class TransformersBackend:
         self.quantization: Any = None  # a models.quantize.QuantizeReport when load() quantized the model
         self.stepper: Any = None  # a models.fast_llama.FastLlamaStepper for int4 Llama models
         self.packed_linears = 0  # linear layers load() packed for oneDNN (models/onednn_linear.py)
+        self.step_threads: Any = None  # a models.step_threads.StepThreads when load() found it safe
         # A fast tokenizer keeps its padding and truncation settings on one shared Rust object, which each call
         # sets: counting tokens on the event loop while the model thread encodes a padded batch would unset
         # the batch's padding halfway ("Unable to create tensor..."). Every tokenizer call takes this lock.
@@ -189,6 +190,13 @@ class TransformersBackend:
                 log.info("bfloat16 weights packed for oneDNN: %d linear layers", backend.packed_linears)
         if report is not None and report.quantized:
             backend.stepper = fast_stepper(model)
+        if backend.decode == "own" and backend.stepper is None and torch.get_num_threads() > 1:
+            from models.step_threads import BUCKETS, StepThreads, thread_count_keeps_results
+
+            if thread_count_keeps_results(model, torch.get_num_threads()):
+                backend.step_threads = StepThreads(torch.get_num_threads())
+                log.info("decode steps of up to %d rows run on the thread count they measure fastest (of %s)",
+                         BUCKETS[-1], ", ".join(map(str, backend.step_threads.counts)))
         return backend
 
     def count_tokens(self, text: str) -> int:
@@ -313,7 +321,7 @@ class TransformersBackend:
             return decode(self.model, ids, mask, params, stop_token_ids=stops,
                           max_rows=max_rows if self.capabilities.continuous_batching else None,
                           prefill_rows=prefill_rows, should_stop=should_stop,
-                          on_step=stream if on_text is not None else None)
+                          on_step=stream if on_text is not None else None, step_threads=self.step_threads)
         step = max_rows or ids.shape[0]
         rows: list[list[int]] = []
         for start in range(0, ids.shape[0], step):  # the int4 steps keep a fixed set of rows: chunks in turn

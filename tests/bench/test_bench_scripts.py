@@ -95,6 +95,9 @@ def test_decode_quick(embedded_cache: Path) -> None:
     if result["default_linear_layers_packed"]:  # a bfloat16 default here: packed and unpacked side by side
         assert batch["speedup_default_packed_vs_unpacked"] > 0
         assert batch["default_packed_identical_rows_to_unpacked"] == 1
+    if "lean_default_all_threads" in batch:  # small steps' thread count measured: the same tokens
+        assert batch["default_step_threads_identical_rows_to_all_threads"] == 1
+        assert batch["speedup_default_step_threads_vs_all_threads"] > 0
     assert "llama_cpp" in result
 
 
