@@ -331,7 +331,7 @@ def kernel_probe(prompt_tokens: int, quick: bool) -> dict[str, Any]:
         "dense_float32": (dense, torch.float32),
         "dense_bfloat16": (torch.nn.Linear(576, 1536, bias=False).to(torch.bfloat16), torch.bfloat16),
         "own_int4 (kernel below 128 rows, de-quantized float32 GEMM from 128)": (
-            Int4Linear.from_linear(dense, 32)[0], torch.float32),
+            Int4Linear.from_linear(dense)[0], torch.float32),
     }
     if importlib.util.find_spec("torchao") is not None:
         from torchao.prototype.quantization.int4 import PrototypeInt4WeightOnlyConfig

@@ -1,15 +1,13 @@
 """The decode loop for decoder-only causal LMs: replies (batch 1), streamed replies, batches of replies and
 job batches, with continuous batching.
 
-Why this exists: ``transformers``' ``generate()`` rebuilds a generation config, a logits-processor list,
-stopping criteria and a fresh set of model kwargs on every call, and runs its bookkeeping in Python at every
-step; and it cannot admit a prompt into a running batch or hand control back between steps. This loop
-keeps what a chatbot needs: prefill, then a forward on the last token per step, greedy or sampled selection,
-per-row stopping; finished rows leave the batch, and with ``max_rows`` the next waiting prompt takes a
-finished row's place at the very next step (continuous batching: memory jobs' outputs differ widely in
-length). Between prefill groups and steps ``should_stop`` is polled: the model worker answers waiting
-replies there, in the middle of a job batch. Its real value on a CPU is that, not speed (docs/benchmarks.md:
-0.96x ``generate()`` at batch 1 in float32).
+Why this exists: ``transformers``' ``generate()`` cannot admit a prompt into a running batch or hand control
+back between steps. This loop keeps what a chatbot needs: prefill, then a forward on the last token per step,
+greedy or sampled selection, per-row stopping; finished rows leave the batch, and with ``max_rows`` the next
+waiting prompt takes a finished row's place at the very next step (continuous batching: memory jobs' outputs
+differ widely in length). Between prefill groups and steps ``should_stop`` is polled: the model worker
+answers waiting replies there, in the middle of a job batch. That, not speed, is its value on a CPU
+(docs/benchmarks.md: 0.96x ``generate()`` at batch 1 in float32).
 
 Each group of admitted prompts is prefilled to its own longest prompt only; its key/value cache is padded
 with masked zeros to the running batch's length (no compute). Prompts that begin alike (a task's
@@ -274,10 +272,8 @@ def plain_cache(model: Any) -> bool:
 def _new_dynamic_cache(model: Any) -> Any:
     """The cache ``generate()`` would build (config-aware, so sliding-window layers match), its plain layers
     growing in place (models/kv_cache.py) instead of being copied at every step."""
-    try:
-        from transformers import DynamicCache
-    except ImportError:  # pragma: no cover - transformers is a hard dependency in practice
-        return None
+    from transformers import DynamicCache
+
     from models.kv_cache import use_growing_layers
 
     config = getattr(model, "config", None)

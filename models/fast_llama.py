@@ -153,10 +153,7 @@ class FastLlamaStepper:
 
 
 def _layer_kv(cache: Any, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-    layers = getattr(cache, "layers", None)
-    if layers is not None:
-        return layers[index].keys, layers[index].values
-    return cache[index][0], cache[index][1]  # legacy tuples
+    return cache.layers[index].keys, cache.layers[index].values
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -53,9 +53,6 @@ class PackedLinear(nn.Module):
         out = torch.ops.mkldnn._linear_pointwise(rows, self.packed, self.bias, "none", [], "")
         return out.reshape(*x.shape[:-1], self.out_features)
 
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
-
 
 def pack_linears(model: Any) -> int:
     """Replace the bfloat16 ``nn.Linear`` layers of a decoder-only CPU model by :class:`PackedLinear`; return

@@ -15,13 +15,10 @@ file with activations quantized to 8 bits, so this is, if anything, closer to th
 Greedy identity with `generate()` is a property of the float32 lean path, which is untouched: `quantize =
 "none"` (the default) changes nothing.
 
-Per-step costs kept low:
-- small row counts (decode steps, below `dense_rows` = 128 rows) use the int4 kernel;
-- large row counts (a prompt's prefill) de-quantize the Linear to float32 on the fly and use the float32
-  GEMM, which on AVX2 is about twice as fast as the int4 kernel there; the de-quantized weight is the
-  exact Q4_1 value (float32 scale and minimum kept for that), so prefill loses nothing but a little time;
-- the output head (tied to the 49k×576 embedding; 28M of the 135M parameters) is kept in bfloat16: in
-  float32 it alone costs ~18 ms a step on this CPU, in bfloat16 about half.
+Per-step costs kept low: decode steps (below `DENSE_ROWS` rows) use the int4 kernel; a prompt's prefill
+de-quantizes each Linear to its exact Q4_1 float32 values on the fly and uses the float32 GEMM (about twice
+as fast as the int4 kernel on AVX2); the output head (the 49k×576 embedding, 28M of the 135M parameters)
+is kept in bfloat16, half of float32's ~18 ms a step.
 """
 
 from __future__ import annotations
@@ -38,12 +35,11 @@ log = logging.getLogger(__name__)
 __all__ = ["QUANTIZE_MODES", "Bf16Linear", "Int4Linear", "QuantizeReport", "int4_available", "quantize_model"]
 
 QUANTIZE_MODES = ("none", "int4")
-GROUP_SIZES = (32, 64, 128, 256)
-# Rows (tokens in the batch) at or above which a Linear de-quantizes to float32 instead of using the int4
-# kernel. On a 2-core AVX2 EPYC one 1536×576 layer breaks even near 64 rows (int4 kernel vs float32 GEMM plus
-# de-quantizing), and a prefill of a few hundred tokens is ~2× faster the float32 way. Decode steps of big
-# batches are slower than float32 either way (64 rows: ~0.8× on the kernel, ~0.7× de-quantizing the whole
-# model every step), so steps up to 127 rows stay on the kernel and long prompt prefills go the float32 way.
+GROUP_SIZE = 32  # the GGUF's Q4_1 groups
+# Rows at or above which a Linear de-quantizes to float32 instead of using the int4 kernel: on a 2-core AVX2
+# EPYC a 1536×576 layer breaks even near 64 rows and a prefill of a few hundred tokens is ~2× faster in
+# float32, while decode steps of big batches are slower either way (64 rows: ~0.8× on the kernel, ~0.7×
+# de-quantizing every step). So decode steps stay on the kernel and long prefills go the float32 way.
 DENSE_ROWS = 128
 
 
@@ -83,13 +79,12 @@ class Int4Linear(nn.Module):
         self.register_buffer("bias", bias, persistent=False)
 
     @classmethod
-    def from_linear(
-        cls, linear: nn.Linear, group_size: int = 32, dense_rows: int = DENSE_ROWS, *, measure_error: bool = False
-    ) -> tuple[Int4Linear, float | None]:
+    def from_linear(cls, linear: nn.Linear, *, measure_error: bool = False) -> tuple[Int4Linear, float | None]:
         """Quantize `linear`; returns the module and (if asked) the largest absolute weight error introduced."""
         weight = linear.weight.detach().to(torch.float32)
         n, k = weight.shape
-        if not supports(n, k, group_size):
+        group_size = GROUP_SIZE
+        if not supports(n, k):
             raise ValueError(f"cannot pack a {n}×{k} weight in groups of {group_size}")
         groups = weight.reshape(n, k // group_size, group_size)
         minimum = groups.amin(dim=-1)
@@ -107,7 +102,6 @@ class Int4Linear(nn.Module):
         module = cls(
             in_features=k, out_features=n, group_size=group_size, packed=packed, scales_zeros=scales_zeros,
             nibbles=nibbles, scale=scale.contiguous(), minimum=minimum.contiguous(), bias=bias,
-            dense_rows=dense_rows,
         )
         return module, error
 
@@ -134,9 +128,6 @@ class Int4Linear(nn.Module):
             out = out + self.bias.to(out.dtype)
         return out.reshape(*shape[:-1], self.out_features)
 
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}"
-
 
 class Bf16Linear(nn.Module):
     """A Linear with a bfloat16 copy of its weight (for the output head); returns the input's dtype."""
@@ -155,9 +146,9 @@ class Bf16Linear(nn.Module):
         return out if self.bias is None else out + self.bias.to(out.dtype)
 
 
-def supports(out_features: int, in_features: int, group_size: int) -> bool:
+def supports(out_features: int, in_features: int) -> bool:
     """The CPU kernel's shape rules: out_features a multiple of 16, in_features of the group size."""
-    return group_size in GROUP_SIZES and out_features % 16 == 0 and in_features % group_size == 0
+    return out_features % 16 == 0 and in_features % GROUP_SIZE == 0
 
 
 @dataclass
@@ -198,19 +189,11 @@ def _set_module(root: nn.Module, dotted: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
-def quantize_model(
-    model: nn.Module,
-    mode: str = "int4",
-    *,
-    group_size: int = 32,
-    head: str = "bfloat16",
-    dense_rows: int = DENSE_ROWS,
-    measure_error: bool = False,
-) -> QuantizeReport:
+def quantize_model(model: nn.Module, mode: str = "int4", *, measure_error: bool = False) -> QuantizeReport:
     """Swap the model's Linear layers for int4 ones in place (CPU, float models); returns what was done.
 
     Linears the kernel cannot take (shape rules) stay float32 and are listed in `skipped`. The output head
-    is never made 4-bit (it is the model's Q8_0 embedding in the GGUF); `head="bfloat16"` halves its cost.
+    is never made 4-bit (it is the model's Q8_0 embedding in the GGUF); it is kept in bfloat16, half the cost.
     """
     report = QuantizeReport(mode=mode)
     if measure_error:
@@ -229,10 +212,10 @@ def quantize_model(
     for name, linear in targets:
         if linear.weight.device.type != "cpu":
             raise RuntimeError("int4 quantization runs on CPU models only")
-        if not supports(linear.out_features, linear.in_features, group_size):
+        if not supports(linear.out_features, linear.in_features):
             report.skipped.append(name)
             continue
-        new, error = Int4Linear.from_linear(linear, group_size, dense_rows, measure_error=measure_error)
+        new, error = Int4Linear.from_linear(linear, measure_error=measure_error)
         if error is not None:
             largest = float(linear.weight.detach().abs().amax()) or 1.0
             report.max_abs_error = max(report.max_abs_error, error)
@@ -241,13 +224,10 @@ def quantize_model(
         report.weight_bytes_after += sum(int(b.numel() * b.element_size()) for b in new.buffers())
         _set_module(model, name, new)
         report.quantized += 1
-    if head in ("bfloat16", "bf16") and head_name:
-        old = model.get_submodule(head_name)
-        if isinstance(old, nn.Linear):
-            _set_module(model, head_name, Bf16Linear(old))
-            report.head = "bfloat16"
-    elif head not in ("float32", "fp32"):
-        raise ValueError(f"unknown head dtype {head!r}")
+    old = model.get_submodule(head_name) if head_name else None
+    if head_name and isinstance(old, nn.Linear):
+        _set_module(model, head_name, Bf16Linear(old))
+        report.head = "bfloat16"
     # What is left (the embedding, norms) may still point into the checkpoint's memory map, which keeps every
     # page quantizing read resident (~0.4 GB more RSS for the embedded model); copies let the mapping go.
     with torch.no_grad():

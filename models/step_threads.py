@@ -1,22 +1,16 @@
 """How many threads a CPU decode step of a few rows uses: the count measured fastest on this machine.
 
-Why: a decode step of the embedded model at one row is ~210 small matrix products of ~100 us each. With
-OpenMP's passive waiting (membot's setting, see models/transformers_backend.py) every parallel operation
-wakes the sleeping threads first, and on a 2-core virtual machine that wake-up costs about as much as the
-operation: in the model worker's thread, batch 1 after a short prompt decoded at 44-48 ms a step on 2
-threads and 36-37 ms on one; up to 8 rows one thread was faster, at 16 rows two (quiet machine), and
-beside a busy process one thread was faster at every size up to 16. Attention over a long context gives a
-second thread work again (batch 1 after 1,286 tokens: 61 ms on two, 71 ms on one; docs/benchmarks.md,
-"Threads for a decode step"). On a machine with more cores and cheaper wake-ups more threads may win, so
-nothing is assumed: each batch size (1, 2, 3-4, 5-8 rows) and context length (up to 256, 512, 1,024...
-tokens) times its first steps on each candidate count in turn and keeps the faster, and does so again
-every few thousand steps, as other processes come and go. Larger batches and prefills use every
-configured thread.
+Why: a one-row decode step is ~210 small matrix products, and with OpenMP's passive waiting (membot's
+setting) each one first wakes the sleeping threads. On a 2-core VM that costs as much as the product: one
+thread decoded batch 1 at 36 ms a step, two at 44-48 ms; after a 1,286-token prompt attention gives the
+second thread work again (61 against 71 ms; docs/benchmarks.md, "Threads for a decode step"). Machines
+differ, so nothing is assumed: each batch size (1, 2, 3-4, 5-8 rows) and context length (up to 256, 512,
+1,024... tokens) times its first steps on each candidate count in turn, keeps the faster, and measures
+again every few thousand steps. Larger batches and prefills use every configured thread.
 
-A thread count must not change a reply: :func:`thread_count_keeps_results` compares the model's logits on
-every candidate count at load, and the backend only tunes when they are bit-identical (here for the packed
-bfloat16 default, not for float32, whose attention over a cache sums in a different order on other thread
-counts).
+A thread count must not change a reply: the backend tunes only when :func:`thread_count_keeps_results`
+finds the logits bit-identical on every candidate count (the packed bfloat16 default here; not float32,
+whose attention over a cache sums in another order on another thread count).
 """
 
 from __future__ import annotations
@@ -32,25 +26,15 @@ import torch
 
 log = logging.getLogger(__name__)
 
-# Rows per step that are tuned, by bucket (the smallest bucket holding the row count); above, every thread.
-BUCKETS = (1, 2, 4, 8)
-# Context lengths are bucketed by powers of two from this one.
-SHORTEST_CONTEXT = 256
-# Timed steps per candidate thread count, interleaved; the median counts (a first step on a new count
-# may create oneDNN primitives).
-TRIALS = 3
-# Steps in a bucket after which its choice is measured again.
-RETUNE_STEPS = 4096
+BUCKETS = (1, 2, 4, 8)  # rows per step that are tuned (the smallest bucket holding the count); above, all
+SHORTEST_CONTEXT = 256  # context lengths are bucketed by powers of two from this one
+TRIALS = 3  # timed steps per candidate count, interleaved; the median counts (a first step may be slow)
+RETUNE_STEPS = 4096  # steps in a bucket after which its choice is measured again
 
 
 def candidates(threads: int) -> tuple[int, ...]:
     """1, 2, 4, ... below `threads`, and `threads` itself."""
-    counts = {threads}
-    n = 1
-    while n < threads:
-        counts.add(n)
-        n *= 2
-    return tuple(sorted(counts))
+    return tuple(sorted({threads} | {1 << i for i in range(threads.bit_length()) if 1 << i < threads}))
 
 
 class _Bucket:
@@ -64,9 +48,7 @@ class _Bucket:
         self.since = 0
 
     def next_count(self) -> int:
-        if self.choice is not None:
-            return self.choice
-        return self.counts[self.trial % len(self.counts)]
+        return self.choice if self.choice is not None else self.counts[self.trial % len(self.counts)]
 
     def record(self, count: int, seconds: float, key: tuple[int, int]) -> None:
         if self.choice is not None:
@@ -96,8 +78,7 @@ class StepThreads:
         self._buckets: dict[tuple[int, int], _Bucket] = {}
 
     def chosen(self) -> dict[str, int]:
-        """"ROWSxTOKENS" (the largest row count and context length of a bucket) -> thread count, for the
-        buckets measured so far."""
+        """Thread count of each bucket measured so far, by "ROWSxTOKENS" (its largest rows and context)."""
         return {f"{rows}x{length}": b.choice for (rows, length), b in sorted(self._buckets.items())
                 if b.choice is not None}
 
@@ -113,9 +94,7 @@ class StepThreads:
         while context < length:
             context *= 2
         key = (size, context)
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            bucket = self._buckets[key] = _Bucket(self.counts)
+        bucket = self._buckets.get(key) or self._buckets.setdefault(key, _Bucket(self.counts))
         count = bucket.next_count()
         if count != self.threads:
             self._set(count)

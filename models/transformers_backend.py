@@ -27,10 +27,10 @@ from models.base import (
 log = logging.getLogger(__name__)
 
 # Read by OpenMP when torch first loads (torch is imported lazily, after this module): threads that finish
-# their share of an operation sleep instead of spinning. With spinning (the default), any other busy process
-# on a small CPU makes every parallel operation wait for a descheduled thread: on a 2-core machine with
-# one other busy process, 2 threads decoded 3-6x slower than 1; with passive waiting 2 threads are faster
-# than 1 again (docs/benchmarks.md). A value set by the user wins.
+# their share of an operation sleep instead of spinning. Spinning made every parallel operation wait for a
+# descheduled thread beside one other busy process (2 threads decoded 3-6x slower than 1 on a 2-core
+# machine; docs/benchmarks.md); passive waiting's wake-ups are what models/step_threads.py measures. A
+# value set by the user wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 

@@ -17,7 +17,6 @@ from models.profiles.base import (
     ReplyInput,
     SessionInput,
     Task,
-    content_words,
     grounded_lines,
 )
 
@@ -141,8 +140,3 @@ class ChatProfile:
 
     def clean_reply(self, raw: str) -> str:
         return raw.strip()
-
-
-def facts_overlap(a: str, b: str) -> int:
-    """How many content words two texts share; used by tests and the grounding filter."""
-    return len(content_words(a) & content_words(b))
