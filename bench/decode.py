@@ -339,7 +339,7 @@ def main(argv: list[str] | None = None) -> None:
         "int4": quant_info,
         "default_dtype": f"{str(default_dtype).removeprefix('torch.')} ({why})",
         "default_linear_layers_packed": packed_layers,
-        # Decode steps' thread count by batch size (rows per step, bucket's top), as measured in the runs above.
+        # Decode steps' thread count by "ROWSxTOKENS" bucket (rows per step, context length), as measured above.
         "default_step_threads_chosen": step_threads.chosen() if step_threads is not None else None,
         "results": results,
         "sample_int4_or_fp32_text": sample[:200],
