@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     from models.embedded import GGUF_FILE, MODEL_NAME, gguf_folder
     from models.onednn_linear import pack_linears
     from models.quantize import int4_available, quantize_model
-    from models.step_threads import StepThreads, thread_count_keeps_results
+    from models.step_threads import for_model as tune_step_threads
     from models.transformers_backend import fast_stepper, pick_dtype
 
     batches = [int(b) for b in args.batches.split(",")]
@@ -223,9 +223,7 @@ def main(argv: list[str] | None = None) -> None:
         default_model = copy.deepcopy(fp32).to(default_dtype)
         unpacked = copy.deepcopy(default_model)
         packed_layers = pack_linears(default_model) if default_dtype == torch.bfloat16 else 0
-        threads = torch.get_num_threads()
-        if threads > 1 and thread_count_keeps_results(default_model, threads):
-            step_threads = StepThreads(threads)
+        step_threads = tune_step_threads(default_model)
         variants["lean_default"] = ("lean", default_model, None, step_threads)
         if step_threads is not None:
             variants["lean_default_all_threads"] = ("lean", default_model, None, None)

@@ -22,8 +22,8 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-# Token ids for the load-time check: any ids inside every vocabulary, more than one row's worth of work.
-_PROBE_IDS = (1, 5, 9, 13, 2, 7, 11, 3)
+# Token ids for the load-time checks (also models/step_threads.py): in every vocabulary, more than one row.
+PROBE_IDS = (1, 5, 9, 13, 2, 7, 11, 3)
 
 
 def available() -> bool:
@@ -68,7 +68,7 @@ def pack_linears(model: Any) -> int:
     ]
     if not swaps:
         return 0
-    probe = torch.tensor([_PROBE_IDS])
+    probe = torch.tensor([PROBE_IDS])
     why = "they change this model's output here"
     with torch.inference_mode():
         try:  # an optimisation: whatever fails here (a model wanting other inputs...) keeps the plain layers

@@ -224,8 +224,7 @@ def quantize_model(model: nn.Module, mode: str = "int4", *, measure_error: bool 
         report.weight_bytes_after += sum(int(b.numel() * b.element_size()) for b in new.buffers())
         _set_module(model, name, new)
         report.quantized += 1
-    old = model.get_submodule(head_name) if head_name else None
-    if head_name and isinstance(old, nn.Linear):
+    if head_name and isinstance(old := model.get_submodule(head_name), nn.Linear):
         _set_module(model, head_name, Bf16Linear(old))
         report.head = "bfloat16"
     # What is left (the embedding, norms) may still point into the checkpoint's memory map, which keeps every

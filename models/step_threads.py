@@ -107,8 +107,12 @@ class StepThreads:
                 self._set(self.threads)
 
 
-# Token ids for the load-time check, inside every vocabulary.
-_PROBE_IDS = (1, 5, 9, 13, 2, 7, 11, 3)
+def for_model(model: Any) -> StepThreads | None:
+    """The tuner for a CPU model's decode steps; None with one thread, or where fewer would change its numbers."""
+    threads = torch.get_num_threads()
+    if threads > 1 and thread_count_keeps_results(model, threads):
+        return StepThreads(threads)
+    return None
 
 
 def thread_count_keeps_results(model: Any, threads: int) -> bool:
@@ -119,8 +123,9 @@ def thread_count_keeps_results(model: Any, threads: int) -> bool:
     if len(counts) == 1:
         return False
     from models.decode import cache_arg, output_cache
+    from models.onednn_linear import PROBE_IDS
 
-    probe = torch.tensor([_PROBE_IDS])
+    probe = torch.tensor([PROBE_IDS])
     results: list[tuple[torch.Tensor, torch.Tensor]] = []
     try:
         with torch.inference_mode():

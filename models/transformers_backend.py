@@ -190,13 +190,13 @@ class TransformersBackend:
                 log.info("bfloat16 weights packed for oneDNN: %d linear layers", backend.packed_linears)
         if report is not None and report.quantized:
             backend.stepper = fast_stepper(model)
-        if backend.decode == "own" and backend.stepper is None and torch.get_num_threads() > 1:
-            from models.step_threads import BUCKETS, StepThreads, thread_count_keeps_results
+        if backend.decode == "own" and backend.stepper is None:
+            from models import step_threads
 
-            if thread_count_keeps_results(model, torch.get_num_threads()):
-                backend.step_threads = StepThreads(torch.get_num_threads())
+            backend.step_threads = step_threads.for_model(model)
+            if backend.step_threads is not None:
                 log.info("decode steps of up to %d rows run on the thread count they measure fastest (of %s)",
-                         BUCKETS[-1], ", ".join(map(str, backend.step_threads.counts)))
+                         step_threads.BUCKETS[-1], ", ".join(map(str, backend.step_threads.counts)))
         return backend
 
     def count_tokens(self, text: str) -> int:
