@@ -152,5 +152,8 @@ def test_a_cpu_load_tunes_decode_steps_and_replies_as_generate(llama_dir: Path) 
     for n in (1, 4, 9):  # replies of one row: the trial steps run on both counts
         prompt = [Prompt(messages=(("user", "hello there " * n),))]
         assert backend.generate(prompt, params) == reference.generate(prompt, params)
-    assert set(backend.step_threads.chosen()) == {"1x256"}
+    # A batch of 3 padded rows (a job batch, or replies decoded together): steps of 4 rows tried on both counts
+    batch = [Prompt(messages=(("user", "tell me more " * n),)) for n in (1, 3, 7)]
+    assert backend.generate(batch, params) == reference.generate(batch, params)
+    assert set(backend.step_threads.chosen()) == {"1x256", "4x256"}
     assert torch.get_num_threads() == 2
