@@ -59,16 +59,17 @@ def _filler(words: int) -> str:
     return " ".join(days.split()[:words])
 
 
-def _encode(tokenizer: Any, batch: int, context_words: int = 0) -> tuple[Any, Any]:
+def _chat_text(tokenizer: Any, row: int, context_words: int = 0) -> str:
+    """Row `row`'s prompt as the model sees it (after `context_words` words of earlier context, if any)."""
     before = _filler(context_words) + " " if context_words else ""
-    texts = [
-        tokenizer.apply_chat_template(
-            [{"role": "system", "content": SYSTEM},
-             {"role": "user", "content": before + PROMPTS[i % len(PROMPTS)]}],
-            tokenize=False, add_generation_prompt=True,
-        )
-        for i in range(batch)
-    ]
+    return tokenizer.apply_chat_template(
+        [{"role": "system", "content": SYSTEM}, {"role": "user", "content": before + PROMPTS[row % len(PROMPTS)]}],
+        tokenize=False, add_generation_prompt=True,
+    )
+
+
+def _encode(tokenizer: Any, batch: int, context_words: int = 0) -> tuple[Any, Any]:
+    texts = [_chat_text(tokenizer, i, context_words) for i in range(batch)]
     tokenizer.padding_side = "left"
     enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     return enc["input_ids"], enc["attention_mask"]
@@ -309,10 +310,7 @@ def main(argv: list[str] | None = None) -> None:
         results[f"batch_{batch}"] = entry
 
     sample = tokenizer.decode(runs.get("lean_int4", runs["lean_fp32"])[0]["rows"][0], skip_special_tokens=True)
-    rendered = tokenizer.apply_chat_template(  # row 0 of every batch: the same text on both sides
-        [{"role": "system", "content": SYSTEM},
-         {"role": "user", "content": (_filler(args.context_words) + " " if args.context_words else "") + PROMPTS[0]}],
-        tokenize=False, add_generation_prompt=True)
+    rendered = _chat_text(tokenizer, 0, args.context_words)  # row 0 of every batch: the same text on both sides
     # As many threads as torch uses (llama-cpp-python's own default is half the cores).
     llama = llama_cpp_rate(str(gguf_folder() / GGUF_FILE), rendered, counts[0], torch.get_num_threads(),
                            args.repeats)
